@@ -1,0 +1,125 @@
+"""Writing a bundle atomically and moving `current` (DESIGN.md §4).
+
+A build writes into `<root>/.staging-<build_id>/`; `finalize` fsyncs every file, writes the
+manifest last, fsyncs, and renames the directory to `<root>/<build_id>/`; `set_current` swaps the
+`current` symlink with a rename, so a reader sees the old bundle or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from artifacts import layout
+from artifacts.errors import PublishError
+from artifacts.manifest import ArrayEntry, FileEntry, Manifest, seal
+
+CURRENT = "current"
+STAGING_PREFIX = ".staging-"
+
+
+def staging_dir(root: Path, build_id: str) -> Path:
+    path = Path(root) / f"{STAGING_PREFIX}{build_id}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def save_array(bundle_dir: Path, rel: str, array: np.ndarray) -> None:
+    """Write one `.npy` (C order, no pickle) under the bundle dir."""
+    target = bundle_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_csr(bundle_dir: Path, name: str, indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> None:
+    p_indptr, p_indices, p_weights = layout.csr(name)
+    save_array(bundle_dir, p_indptr, indptr.astype(np.int64, copy=False))
+    save_array(bundle_dir, p_indices, indices.astype(np.int32, copy=False))
+    save_array(bundle_dir, p_weights, weights.astype(np.float32, copy=False))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def inventory(bundle_dir: Path) -> tuple[dict[str, FileEntry], dict[str, ArrayEntry]]:
+    """Size + sha256 of every file (fsyncing each), and dtype + shape of every `.npy`."""
+    files: dict[str, FileEntry] = {}
+    arrays: dict[str, ArrayEntry] = {}
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle_dir).as_posix()
+        if rel == layout.MANIFEST:
+            continue
+        _fsync_file(path)
+        files[rel] = FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
+        if rel.endswith(".npy"):
+            header = np.load(path, mmap_mode="r", allow_pickle=False)
+            arrays[rel] = ArrayEntry(dtype=header.dtype.str, shape=list(header.shape))
+    for directory in {p.parent for p in bundle_dir.rglob("*")} | {bundle_dir}:
+        _fsync_dir(directory)
+    return files, arrays
+
+
+def finalize(staging: Path, manifest: Manifest) -> Path:
+    """Write the manifest last, then rename the staging dir to `<root>/<build_id>`."""
+    final = staging.parent / manifest.build_id
+    if final.exists():
+        raise PublishError(f"{final} already exists: build ids must be unique")
+    manifest_path = staging / layout.MANIFEST
+    manifest_path.write_bytes(seal(manifest))
+    _fsync_file(manifest_path)
+    _fsync_dir(staging)
+    os.rename(staging, final)
+    _fsync_dir(staging.parent)
+    return final
+
+
+def set_current(root: Path, build_id: str) -> Path:
+    """Point `<root>/current` at `build_id` atomically (a relative symlink swapped by rename)."""
+    root = Path(root)
+    if not (root / build_id / layout.MANIFEST).is_file():
+        raise PublishError(f"cannot publish {build_id}: {root / build_id} is not a finished bundle")
+    tmp = root / f".{CURRENT}-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(build_id, tmp)
+    try:
+        os.replace(tmp, root / CURRENT)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PublishError(f"cannot move {root / CURRENT}: {exc.strerror}") from exc
+    _fsync_dir(root)
+    return root / CURRENT
+
+
+def current_build_id(root: Path) -> str | None:
+    link = Path(root) / CURRENT
+    if not link.is_symlink():
+        return None
+    return os.readlink(link).rstrip("/").split("/")[-1]

@@ -1,0 +1,126 @@
+"""`aisle`: the one command-line entry point.
+
+Subcommands import what they need lazily, so `aisle inspect` does not load torch and a serving
+host does not need the build extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from builder.progress import ConsoleProgress
+    from builder.synth import SCALES, generate
+
+    if args.scale not in SCALES:
+        print(f"aisle synth: unknown scale {args.scale!r}; choose from {', '.join(SCALES)}", file=sys.stderr)
+        return EXIT_USAGE
+    summary = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite)
+    print(summary)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from builder.adapters.amazon import convert_amazon
+
+    summary = convert_amazon(src=Path(args.src), out=Path(args.out), overwrite=args.overwrite)
+    print(summary)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from builder.build import build
+    from builder.config import load_build_config
+
+    config = load_build_config(Path(args.config) if args.config else None)
+    result = build(Path(args.data), Path(args.out), config, publish=not args.no_publish)
+    print(result.path)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from builder.inspect import describe
+
+    print(describe(Path(args.bundle), verify=args.verify, as_json=args.json))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from builder.demo import run_demo
+
+    return run_demo(scale=args.scale, workdir=Path(args.workdir), seed=args.seed, rebuild=args.rebuild)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aisle", description="Aisle: recommendations for storefronts, from one host.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate a seeded synthetic store in the canonical schema")
+    s.add_argument("--scale", default="tiny", help="micro | tiny | small | 1m (default tiny)")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing store in --out")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("import", help="convert a public dataset to the canonical schema")
+    s.add_argument("format", choices=["amazon"], help="amazon: the S3-Rec Amazon review sequences (../shared/data)")
+    s.add_argument("src", help="dataset directory")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser("build", help="build, verify and publish a bundle from a canonical store")
+    s.add_argument("--data", required=True, help="directory with catalog/events/users (.parquet or .csv)")
+    s.add_argument("--out", required=True, help="bundle root: writes ROOT/<build_id>/ and moves ROOT/current")
+    s.add_argument("--config", help="build config TOML (see docs/build.example.toml)")
+    s.add_argument("--no-publish", action="store_true", help="build and verify, but leave ROOT/current alone")
+    s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser("inspect", help="print a bundle's manifest, parts and sizes")
+    s.add_argument("bundle", help="a bundle directory, ROOT/current, or ROOT")
+    s.add_argument("--verify", action="store_true", help="check every file's sha256 (default: sizes only)")
+    s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("demo", help="synthesise a store, build it, and show recommendations")
+    s.add_argument("--scale", default="small")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--workdir", default=".aisle", help="where the demo keeps its data and bundles")
+    s.add_argument("--rebuild", action="store_true", help="build a new bundle even if one exists")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from artifacts.errors import BundleError
+    from builder.config import ConfigError
+
+    known: tuple[type[BaseException], ...] = (BundleError, ConfigError, FileExistsError, FileNotFoundError)
+    try:
+        from builder.ingest import InputError
+
+        known += (InputError,)
+        from builder.build import BuildError
+
+        known += (BuildError,)
+    except ImportError:  # serving-only install: no build extras
+        pass
+    try:
+        return int(args.func(args))
+    except known as exc:
+        print(f"aisle {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"aisle {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Build configuration: one frozen, typed object, loadable from TOML, recorded in the manifest.
+
+Every key has a default and a comment saying what it does; `docs/build.example.toml` lists them
+all. Validation happens once, here, before any stage runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+
+class TwoTowerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dim: int = 64  # embedding width (item vectors, user vectors, index)
+    history_len: int = 20  # recent items the user tower reads (most recent last)
+    hidden: int = 128  # width of the towers' hidden layers
+    epochs: int = 3  # passes over the training examples (bounded by max_seconds too)
+    max_examples: int = 2_000_000  # training examples kept (the newest) per epoch
+    max_seconds: float = 600.0  # wall-clock budget for training; stops at the first batch past it
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    temperature: float = 0.07  # softmax temperature over in-batch scores (cosine similarities)
+    id_min_count: int = 2  # items with fewer training interactions get no id embedding (cold path)
+    id_dropout: float = 0.2  # share of id embeddings zeroed in training, so metadata alone works
+    threads: int = 2  # torch intra-op threads
+    seed: int = 17
+
+
+class IndexConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dtype: str = "f16"  # usearch scalar kind: f32 | f16 | i8
+    connectivity: int = 16  # HNSW M
+    expansion_add: int = 128
+    expansion_search: int = 256
+    threads: int = 2
+
+
+class TablesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    covisit_window: int = 5  # items either side within a session that count as co-visited
+    covisit_topn: int = 50  # neighbours kept per item
+    copurchase_topn: int = 50
+    complement_topn: int = 8  # complementary categories kept per category
+    popular_topn: int = 500  # items kept per popularity / trending list
+    popularity_half_life_days: float = 14.0
+    trending_half_life_days: float = 2.0
+    new_arrival_days: float = 14.0  # an item younger than this (at build time) is "new"
+
+
+class RankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trees: int = 200
+    leaves: int = 31
+    learning_rate: float = 0.08
+    min_data_in_leaf: int = 20
+    early_stopping_rounds: int = 30  # stop adding trees after this many rounds without valid NDCG gain
+    label_window_days: float = 7.0  # behaviour after the cut-off that labels the candidates
+    max_queries: int = 20_000  # training queries (shopper × surface × time) sampled
+    valid_fraction: float = 0.2  # queries held out for the ranker's validation NDCG
+    quantize: bool = True  # TL2cgen quantize=1: about 2x faster predictions, same output
+    parallel_comp: int = 4  # TL2cgen: split the trees over this many C files (gcc time)
+    threads: int = 2
+    seed: int = 23
+
+
+class BuildConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    two_tower: TwoTowerConfig = TwoTowerConfig()
+    index: IndexConfig = IndexConfig()
+    tables: TablesConfig = TablesConfig()
+    ranker: RankerConfig = RankerConfig()
+    recent_items: int = 50  # recent interactions kept per shopper in the feature snapshot
+    purchased_items: int = 200  # past purchases kept per shopper (the already-purchased filter)
+
+
+class ConfigError(ValueError):
+    """A build configuration file that cannot be used."""
+
+
+def load_build_config(path: Path | None) -> BuildConfig:
+    """Read a TOML build config (missing keys take defaults); None gives all defaults."""
+    if path is None:
+        return validate(BuildConfig())
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read build config: {exc.strerror}") from exc
+    try:
+        config = msgspec.toml.decode(raw, type=BuildConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return validate(config)
+
+
+def validate(config: BuildConfig) -> BuildConfig:
+    problems: list[str] = []
+    tt = config.two_tower
+    if not 8 <= tt.dim <= 1024:
+        problems.append(f"two_tower.dim must be in [8, 1024], got {tt.dim}")
+    if not 1 <= tt.history_len <= 200:
+        problems.append(f"two_tower.history_len must be in [1, 200], got {tt.history_len}")
+    if tt.temperature <= 0:
+        problems.append(f"two_tower.temperature must be > 0, got {tt.temperature}")
+    if not 0 <= tt.id_dropout < 1:
+        problems.append(f"two_tower.id_dropout must be in [0, 1), got {tt.id_dropout}")
+    if config.index.dtype not in ("f32", "f16", "i8"):
+        problems.append(f"index.dtype must be f32, f16 or i8, got {config.index.dtype!r}")
+    if config.ranker.trees < 1 or config.ranker.leaves < 2:
+        problems.append("ranker.trees must be ≥ 1 and ranker.leaves ≥ 2")
+    if not 0 < config.ranker.valid_fraction < 1:
+        problems.append(f"ranker.valid_fraction must be in (0, 1), got {config.ranker.valid_fraction}")
+    if config.tables.covisit_window < 1:
+        problems.append("tables.covisit_window must be ≥ 1")
+    if problems:
+        raise ConfigError("invalid build config: " + "; ".join(problems))
+    return config

@@ -1,0 +1,561 @@
+"""Two-tower retrieval model: train on the behaviour log, vector the whole catalog, export the user
+tower to ONNX (file contract in `artifacts.usertower`).
+
+Item tower: L2-normalise( id embedding + MLP(metadata) ).
+  - id embedding: only for items with ≥ `id_min_count` training targets; the rest (cold and new
+    items) have none. In training each item's id embedding is zeroed with `id_dropout` (per batch,
+    without rescaling) so the metadata path alone learns to place items.
+  - metadata: embeddings of category node, department (`cat_top`), brand, seller and a log-price
+    quantile bucket (NaN price has its own bucket), plus a linear projection of `text_embedding`
+    when the store has one; concatenated → Linear → ReLU → Linear.
+User tower: reads the item tower's OUTPUTS for the L most recent interactions (so serving can feed
+the bundle's item vectors) and [region, device]; recency embeddings, attention pooling with a
+context-dependent query, masked mean and the newest item → MLP (+ the pooled vector) → normalise.
+
+Examples: one per positive interaction (click, add to cart, purchase) with ts < until_ts, in each
+shopper's time order; its history is the previous ≤ L interactions (possibly none). Consecutive
+repeats of the same item by the same shopper (click → cart → purchase of one SKU) are collapsed to
+one interaction: the funnel on one SKU says nothing about the next item, and would otherwise teach
+the model to retrieve the item just viewed. The newest `max_examples` are kept.
+Loss: in-batch sampled softmax over cosine / temperature, logQ-corrected by each item's frequency
+among the targets, with accidental hits (another row's positive is the same item) masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from artifacts.schema import EventType
+from artifacts.usertower import (
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    META_DIM,
+    META_FORMAT,
+    META_HISTORY_LEN,
+    META_N_DEVICES,
+    META_N_REGIONS,
+    OUTPUT_NAME,
+    UserTower as OnnxUserTower,
+)
+from builder.config import TwoTowerConfig
+from builder.store import Store
+
+Progress = Callable[[str, int, int], None]
+
+ONNX_FILE = "user_tower.onnx"
+ONNX_TOLERANCE = 1e-4  # max abs difference ONNX Runtime vs torch accepted at export
+POSITIVE_TYPES = (int(EventType.CLICK), int(EventType.ADD_TO_CART), int(EventType.PURCHASE))
+PRICE_BUCKETS = 16  # log-price quantile buckets; bucket PRICE_BUCKETS is "price unknown"
+# Additive mask for padding: large but finite, so an all-padding row softmaxes to uniform weights
+# over zero vectors instead of NaN (-inf - -inf).
+MASK_VALUE = -1e9
+CONTEXT_WIDTH = 16  # width of the region and device embeddings each
+_ITEM_CHUNK = 65_536  # items per forward pass when vectoring the whole catalog
+
+
+class TwoTowerError(Exception):
+    """Training or export of the two-tower model cannot produce a usable model."""
+
+
+@dataclass(frozen=True)
+class TwoTowerResult:
+    item_vectors: np.ndarray  # float32 [n_items, dim], L2-normalised, every catalog item
+    onnx_path: Path
+    history_len: int
+    dim: int
+    n_regions: int  # context vocab sizes the ONNX model was trained with
+    n_devices: int
+    train_examples: int
+    epochs_run: int  # complete passes over the examples
+    seconds: float  # whole call: examples, training, item vectors, export, verification
+    final_loss: float  # mean loss over the last epoch's batches
+    max_abs_diff_onnx_vs_torch: float
+    id_items: int = 0  # items that got an id embedding (the rest use metadata alone)
+    stopped_by_budget: bool = False  # max_seconds ran out before `epochs`
+    train_seconds: float = 0.0
+    exporter: str = ""  # "dynamo" or "torchscript"
+
+
+# ----------------------------------------------------------------------------------------------
+# Training examples
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Training examples, oldest first. hist uses -1 for padding; most recent item LAST."""
+
+    target: np.ndarray  # int32 [N] item rows
+    hist: np.ndarray  # int32 [N, L]
+    context: np.ndarray  # int64 [N, 2] region, device codes
+    ts: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def build_examples(store: Store, until_ts: int, history_len: int, max_examples: int) -> Examples:
+    """One example per positive interaction before `until_ts` (see the module docstring)."""
+    ev = store.events
+    picked = np.flatnonzero((ev.ts < until_ts) & np.isin(ev.type, POSITIVE_TYPES))
+    # lexsort is stable: ties in (user, ts) keep the log's input order.
+    picked = picked[np.lexsort((ev.ts[picked], ev.user_row[picked]))]
+    user = ev.user_row[picked]
+    item = ev.item_row[picked]
+    if len(picked):
+        repeat = np.zeros(len(picked), dtype=bool)
+        repeat[1:] = (user[1:] == user[:-1]) & (item[1:] == item[:-1])
+        picked, user, item = picked[~repeat], user[~repeat], item[~repeat]
+    n = len(picked)
+    positions = np.arange(n, dtype=np.int64)
+    first = np.ones(n, dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    start = np.maximum.accumulate(np.where(first, positions, 0)) if n else positions
+
+    ts = ev.ts[picked]
+    keep = np.argsort(ts, kind="stable")[max(0, n - max_examples) :]  # the newest, oldest first
+    offsets = np.arange(-history_len, 0, dtype=np.int64)
+    source = keep[:, None] + offsets[None, :]
+    valid = source >= start[keep][:, None]
+    hist = np.where(valid, item[np.maximum(source, 0)], -1).astype(np.int32)
+    context = np.stack([ev.region[picked[keep]], ev.device[picked[keep]]], axis=1).astype(np.int64)
+    return Examples(target=item[keep].astype(np.int32), hist=hist, context=context, ts=ts[keep].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Towers
+
+
+def price_buckets(price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket float32 [n] prices by log-price quantiles → (int32 [n] bucket, float64 edges).
+
+    Buckets are 0..len(edges) for known prices, PRICE_BUCKETS for NaN (and negative) prices."""
+    known = np.isfinite(price) & (price >= 0)
+    log_price = np.log1p(np.where(known, price, 0.0).astype(np.float64))
+    if known.any():
+        quantiles = np.linspace(0.0, 1.0, PRICE_BUCKETS + 1)[1:-1]
+        edges = np.unique(np.quantile(log_price[known], quantiles))
+    else:
+        edges = np.zeros(0)
+    bucket = np.searchsorted(edges, log_price, side="right").astype(np.int32)
+    bucket[~known] = PRICE_BUCKETS
+    return bucket, edges
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    # rsqrt with an epsilon instead of F.normalize: one plain formula in torch and in the ONNX graph.
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + 1e-12)
+
+
+def _finite_text(text: np.ndarray) -> np.ndarray:
+    """float32 [n, d] text embeddings with missing (NaN / inf) entries as 0, copied only if needed:
+    the catalog's embedding matrix can be the largest array of the build."""
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    chunk = 1 << 18
+    if all(np.isfinite(text[start : start + chunk]).all() for start in range(0, len(text), chunk)):
+        return text
+    return np.nan_to_num(text, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class ItemTower(nn.Module):
+    """Item rows (int64 [n]) → float32 [n, dim] unit vectors. Item features live in buffers."""
+
+    def __init__(self, store: Store, id_slot: np.ndarray, n_id_slots: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        items = store.items
+        n_nodes = max(len(store.categories), int(items.category.max(initial=0)) + 1, int(items.cat_top.max(initial=0)) + 1)
+        n_brands = max(len(store.brands), int(items.brand.max(initial=0)) + 1)
+        n_sellers = max(len(store.sellers), int(items.seller.max(initial=0)) + 1)
+        bucket, _ = price_buckets(items.price)
+        field = max(8, hidden // 4)
+        # int32 codes: half the memory of int64 for a large catalog; nn.Embedding accepts them.
+        for name, codes in (
+            ("id_slot", id_slot),
+            ("category", items.category),
+            ("cat_top", items.cat_top),
+            ("brand", items.brand),
+            ("seller", items.seller),
+            ("price", bucket),
+        ):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int32)), persistent=False)
+        self.id_embedding = nn.Embedding(n_id_slots + 1, dim, padding_idx=0)  # slot 0: no id
+        nn.init.normal_(self.id_embedding.weight, std=0.01)
+        with torch.no_grad():
+            self.id_embedding.weight[0].zero_()
+        self.category_embedding = nn.Embedding(n_nodes, field)
+        self.department_embedding = nn.Embedding(n_nodes, field)
+        self.brand_embedding = nn.Embedding(n_brands, field)
+        self.seller_embedding = nn.Embedding(n_sellers, field)
+        self.price_embedding = nn.Embedding(PRICE_BUCKETS + 1, field)
+        n_fields = 5
+        self.text_projection: nn.Linear | None = None
+        text = items.text_embedding
+        if text is not None and text.ndim == 2 and text.shape[1] > 0:
+            clean = _finite_text(text)
+            self.register_buffer("text", torch.from_numpy(clean), persistent=False)
+            self.text_projection = nn.Linear(clean.shape[1], field)
+            n_fields += 1
+        self.mlp = nn.Sequential(nn.Linear(n_fields * field, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, rows: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """rows int64 [n]; id_keep float32 [n] (1 keeps the id embedding, 0 drops it) or None."""
+        fields = [
+            self.category_embedding(self.category[rows]),
+            self.department_embedding(self.cat_top[rows]),
+            self.brand_embedding(self.brand[rows]),
+            self.seller_embedding(self.seller[rows]),
+            self.price_embedding(self.price[rows]),
+        ]
+        if self.text_projection is not None:
+            fields.append(self.text_projection(self.text[rows]))
+        out = self.mlp(torch.cat(fields, dim=-1))
+        ids = self.id_embedding(self.id_slot[rows])
+        if id_keep is not None:
+            ids = ids * id_keep.unsqueeze(-1)
+        return _normalise(out + ids)
+
+
+class UserTowerModel(nn.Module):
+    """(hist float32 [B,L,D], hist_mask float32 [B,L], context int64 [B,2]) → float32 [B,D].
+
+    The exported graph; it must stay traceable by torch.onnx (no data-dependent Python control flow).
+    """
+
+    def __init__(self, dim: int, history_len: int, hidden: int, n_regions: int, n_devices: int) -> None:
+        super().__init__()
+        self.n_regions = n_regions
+        self.n_devices = n_devices
+        self.scale = 1.0 / math.sqrt(dim)
+        self.position = nn.Parameter(torch.randn(history_len, dim) * 0.02)
+        self.region_embedding = nn.Embedding(n_regions, CONTEXT_WIDTH)
+        self.device_embedding = nn.Embedding(n_devices, CONTEXT_WIDTH)
+        self.query = nn.Linear(2 * CONTEXT_WIDTH, dim)
+        self.query_bias = nn.Parameter(torch.randn(dim) * 0.1)
+        self.mlp = nn.Sequential(nn.Linear(3 * dim + 2 * CONTEXT_WIDTH, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        region, device = context[:, 0], context[:, 1]
+        # Unknown codes → 0 inside the graph too, so a caller that skips the wrapper cannot make
+        # ORT's Gather fail on an out-of-range index.
+        region = torch.where((region >= 0) & (region < self.n_regions), region, torch.zeros_like(region))
+        device = torch.where((device >= 0) & (device < self.n_devices), device, torch.zeros_like(device))
+        ctx = torch.cat([self.region_embedding(region), self.device_embedding(device)], dim=-1)
+        mask = hist_mask.unsqueeze(-1)
+        hist = hist * mask  # whatever sits in padding slots is ignored
+        keys = hist + self.position * mask
+        query = self.query(ctx) + self.query_bias
+        logits = (keys * query.unsqueeze(1)).sum(dim=-1) * self.scale + (1.0 - hist_mask) * MASK_VALUE
+        weights = torch.softmax(logits, dim=-1)
+        pooled = (weights.unsqueeze(-1) * hist).sum(dim=1)
+        mean = hist.sum(dim=1) / hist_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        newest = hist[:, -1, :]
+        out = self.mlp(torch.cat([pooled, mean, newest, ctx], dim=-1)) + pooled
+        return _normalise(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _batch_loss(
+    items: ItemTower,
+    users: UserTowerModel,
+    ex: Examples,
+    idx: np.ndarray,
+    log_q: torch.Tensor,
+    config: TwoTowerConfig,
+    rng: np.random.Generator,
+    id_known: np.ndarray,
+) -> torch.Tensor:
+    target = ex.target[idx]
+    hist = ex.hist[idx]
+    real = hist >= 0
+    # The item tower runs once over the batch's distinct items; targets and histories gather from it.
+    unique, inverse = np.unique(np.concatenate([target, hist[real]]), return_inverse=True)
+    keep = np.where(id_known[unique] & (rng.random(len(unique)) < config.id_dropout), 0.0, 1.0)
+    vectors = items(torch.from_numpy(unique.astype(np.int64)), torch.from_numpy(keep.astype(np.float32)))
+    vectors = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # last row: padding
+    b = len(idx)
+    hist_pos = np.full(hist.shape, len(unique), dtype=np.int64)
+    hist_pos[real] = inverse[b:]
+    hist_vecs = vectors[torch.from_numpy(hist_pos)]
+    target_vecs = vectors[torch.from_numpy(inverse[:b].astype(np.int64))]
+    user_vecs = users(hist_vecs, torch.from_numpy(real.astype(np.float32)), torch.from_numpy(ex.context[idx]))
+
+    target_t = torch.from_numpy(target.astype(np.int64))
+    logits = user_vecs @ target_vecs.T / config.temperature - log_q[target_t].unsqueeze(0)
+    accidental = target_t.unsqueeze(0) == target_t.unsqueeze(1)
+    accidental.fill_diagonal_(False)
+    logits = logits.masked_fill(accidental, MASK_VALUE)
+    return F.cross_entropy(logits, torch.arange(b))
+
+
+def item_vectors(items: ItemTower, n_items: int, progress: Progress | None = None) -> np.ndarray:
+    """Every item through the item tower (ids kept) → float32 [n_items, dim], C-contiguous."""
+    dim = items.id_embedding.embedding_dim
+    out = np.empty((n_items, dim), dtype=np.float32)
+    items.eval()
+    with torch.no_grad():
+        for start in range(0, n_items, _ITEM_CHUNK):
+            stop = min(n_items, start + _ITEM_CHUNK)
+            out[start:stop] = items(torch.arange(start, stop, dtype=torch.int64)).numpy()
+            if progress is not None:
+                progress("two_tower: item vectors", stop, n_items)
+    return out
+
+
+def train_two_tower(
+    store: Store, config: TwoTowerConfig, until_ts: int, out_dir: Path, progress: Progress | None = None
+) -> TwoTowerResult:
+    """Train on events with ts < until_ts; write out_dir/user_tower.onnx; vector every item.
+
+    Deterministic for a given store, config and seed (on one thread; torch's multi-threaded
+    reductions may differ in the last bits). Raises TwoTowerError when there is nothing to train on
+    or the exported graph disagrees with torch by more than ONNX_TOLERANCE.
+    """
+    started = time.perf_counter()
+    n_items = len(store.items)
+    if n_items == 0:
+        raise TwoTowerError("the catalog is empty: no item vectors to train")
+    ex = build_examples(store, until_ts, config.history_len, config.max_examples)
+    if len(ex) < 2:
+        raise TwoTowerError(
+            f"only {len(ex)} click/add_to_cart/purchase events before until_ts={until_ts}; "
+            "the two-tower model needs at least 2 (check the cut-off and the event types)"
+        )
+    target_count = np.bincount(ex.target, minlength=n_items)
+    id_known = target_count >= config.id_min_count
+    id_slot = np.zeros(n_items, dtype=np.int64)
+    id_slot[id_known] = np.arange(1, int(id_known.sum()) + 1)
+    # Codes beyond the vocab (a store whose tuples are shorter than its codes) still need a row.
+    n_regions = max(len(store.regions), int(ex.context[:, 0].max()) + 1, 1)
+    n_devices = max(len(store.devices), int(ex.context[:, 1].max()) + 1, 1)
+    log_q = torch.from_numpy(np.log(np.maximum(target_count, 1) / len(ex)).astype(np.float32))
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            items = ItemTower(store, id_slot, int(id_known.sum()), config.dim, config.hidden)
+            users = UserTowerModel(config.dim, config.history_len, config.hidden, n_regions, n_devices)
+            train_started = time.perf_counter()
+            epochs_run, final_loss, stopped = _train(items, users, ex, log_q, id_known, config, progress)
+            train_seconds = time.perf_counter() - train_started
+            vectors = item_vectors(items, n_items, progress)
+            if not np.isfinite(vectors).all():
+                raise TwoTowerError("training diverged: non-finite item vectors (lower learning_rate or raise temperature)")
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            onnx_path = out_dir / ONNX_FILE
+            users.eval()
+            if progress is not None:
+                progress("two_tower: export onnx", 0, 1)
+            exporter = export_user_tower(users, config.history_len, config.dim, onnx_path)
+            if progress is not None:
+                progress("two_tower: export onnx", 1, 1)
+                progress("two_tower: verify onnx", 0, 1)
+            diff = verify_user_tower(users, onnx_path, vectors, ex, config.seed)
+            if progress is not None:
+                progress("two_tower: verify onnx", 1, 1)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return TwoTowerResult(
+        item_vectors=vectors,
+        onnx_path=onnx_path,
+        history_len=config.history_len,
+        dim=config.dim,
+        n_regions=n_regions,
+        n_devices=n_devices,
+        train_examples=len(ex),
+        epochs_run=epochs_run,
+        seconds=time.perf_counter() - started,
+        final_loss=final_loss,
+        max_abs_diff_onnx_vs_torch=diff,
+        id_items=int(id_known.sum()),
+        stopped_by_budget=stopped,
+        train_seconds=train_seconds,
+        exporter=exporter,
+    )
+
+
+def _train(
+    items: ItemTower,
+    users: UserTowerModel,
+    ex: Examples,
+    log_q: torch.Tensor,
+    id_known: np.ndarray,
+    config: TwoTowerConfig,
+    progress: Progress | None,
+) -> tuple[int, float, bool]:
+    """Adam over shuffled batches → (complete epochs, mean loss of the last epoch, budget hit)."""
+    rng = np.random.default_rng(config.seed)
+    params = list(items.parameters()) + list(users.parameters())
+    optimiser = torch.optim.Adam(params, lr=config.learning_rate)
+    n = len(ex)
+    batch = max(2, config.batch_size)
+    steps = math.ceil(n / batch)
+    deadline = time.perf_counter() + config.max_seconds
+    items.train()
+    users.train()
+    epochs_run, final_loss = 0, float("nan")
+    for epoch in range(config.epochs):
+        if epoch > 0 and time.perf_counter() > deadline:
+            return epochs_run, final_loss, True
+        order = rng.permutation(n)
+        total, count = 0.0, 0
+        for step in range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            if len(idx) < 2:  # an in-batch softmax needs a negative
+                continue
+            loss = _batch_loss(items, users, ex, idx, log_q, config, rng, id_known)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach())
+            count += 1
+            if progress is not None:
+                progress("two_tower: train", epoch * steps + step + 1, config.epochs * steps)
+            # The budget is wall-clock: one epoch over millions of examples may exceed it alone,
+            # so stop at the batch boundary, keeping at least one batch of training.
+            if step + 1 < steps and time.perf_counter() > deadline:
+                return epochs_run, total / max(count, 1), True
+        epochs_run += 1
+        final_loss = total / max(count, 1)
+    return epochs_run, final_loss, False
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX export and verification
+
+
+def export_user_tower(users: UserTowerModel, history_len: int, dim: int, path: Path) -> str:
+    """Write the user tower as one self-contained ONNX file with a dynamic batch; → exporter used.
+
+    torch 2.13's default (dynamo) exporter is tried first; the TorchScript exporter, deprecated but
+    reliable for this plain graph, is the fallback (e.g. when onnxscript is missing)."""
+    example = (
+        torch.zeros(3, history_len, dim),
+        torch.ones(3, history_len),
+        torch.zeros(3, 2, dtype=torch.int64),
+    )
+    path.unlink(missing_ok=True)
+    exporter = "dynamo"
+    try:
+        _export_dynamo(users, example, path)
+    except Exception as first:  # the exporter raises many types; the fallback reports both
+        exporter = "torchscript"
+        try:
+            _export_torchscript(users, example, path)
+        except Exception as second:
+            raise TwoTowerError(f"ONNX export failed: dynamo: {first!r}; torchscript: {second!r}") from second
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    meta = {
+        META_FORMAT: str(FORMAT_VERSION),
+        META_HISTORY_LEN: str(history_len),
+        META_DIM: str(dim),
+        META_N_REGIONS: str(users.n_regions),
+        META_N_DEVICES: str(users.n_devices),
+        "aisle.exporter": exporter,
+    }
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    for stray in path.parent.glob(path.name + ".data"):  # dynamo writes one when weights are large
+        stray.unlink()
+    return exporter
+
+
+def _export_dynamo(users: UserTowerModel, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        # Noise from the exporter itself (renamed shared axis, pytree deprecations), not our model.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        onnx_logger = logging.getLogger("torch.onnx")
+        level = onnx_logger.level
+        onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" lines
+        try:
+            torch.onnx.export(
+                users,
+                example,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                verbose=False,
+            )
+        finally:
+            onnx_logger.setLevel(level)
+
+
+def _export_torchscript(users: UserTowerModel, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            users,
+            example,
+            str(path),
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+            opset_version=17,
+        )
+
+
+def verify_user_tower(
+    users: UserTowerModel, path: Path, vectors: np.ndarray, ex: Examples, seed: int
+) -> float:
+    """Max abs difference between ONNX Runtime (through the serving wrapper) and torch on random
+    inputs (batch 1 and 17, all-padding and out-of-vocabulary rows included) and on the newest real
+    examples built from the final item vectors. Raises TwoTowerError above ONNX_TOLERANCE."""
+    tower = OnnxUserTower(path, threads=1)
+    if (tower.history_len, tower.dim) != tuple(users.position.shape):
+        raise TwoTowerError(f"{path}: exported [L, D] = {(tower.history_len, tower.dim)}, model {tuple(users.position.shape)}")
+    rng = np.random.default_rng(seed)
+    length, dim = tower.history_len, tower.dim
+    cases = []
+    for b in (1, 17):
+        hist = rng.standard_normal((b, length, dim)).astype(np.float32)
+        hist /= np.linalg.norm(hist, axis=-1, keepdims=True)
+        mask = (rng.random((b, length)) < 0.6).astype(np.float32)
+        mask[0] = 0.0  # no history
+        hist *= mask[..., None]
+        context = np.stack(
+            [rng.integers(0, users.n_regions + 2, b), rng.integers(0, users.n_devices + 2, b)], axis=1
+        ).astype(np.int64)
+        cases.append((hist, mask, context))
+    newest = np.arange(max(0, len(ex) - 64), len(ex))
+    real_hist = ex.hist[newest]
+    real_mask = (real_hist >= 0).astype(np.float32)
+    cases.append((vectors[np.maximum(real_hist, 0)] * real_mask[..., None], real_mask, ex.context[newest]))
+
+    worst = 0.0
+    with torch.no_grad():
+        for hist, mask, context in cases:
+            expected = users(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(context)).numpy()
+            got = tower.encode(hist, mask, context)
+            if not np.isfinite(got).all():
+                raise TwoTowerError(f"{path}: ONNX user tower gives non-finite vectors")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > ONNX_TOLERANCE:
+        raise TwoTowerError(f"{path}: ONNX Runtime differs from torch by {worst:.3g} (> {ONNX_TOLERANCE})")
+    return worst

@@ -1,0 +1,70 @@
+"""The serving view of a bundle: every part the online path reads, mapped once per worker.
+
+Optional parts degrade instead of failing (DESIGN.md §7): no index → ANN-based sources return
+nothing; no user tower → no shopper vector. Required parts (item table, tables, lists) missing is a
+corrupt bundle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from artifacts import layout
+from artifacts.bundle import Bundle, Csr
+from artifacts.snapshot import ShopperSnapshot
+from artifacts.usertower import UserTower
+from artifacts.vectors import VectorIndex
+
+
+class CatalogView:
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        load_index: bool = True,
+        load_tower: bool = True,
+        load_snapshot: bool = True,
+        expansion_search: int = 256,
+    ) -> None:
+        self.bundle = bundle
+        self.n_items = bundle.n_items
+        col = bundle.item_column
+        self.category = col("category")
+        self.cat_top = col("cat_top")
+        self.brand = col("brand")
+        self.seller = col("seller")
+        self.price = col("price")
+        self.discount = col("discount")
+        self.in_stock = col("in_stock")
+        self.created_at = col("created_at")
+        self.popularity = col("popularity")
+        self.trend = col("trend")
+        self.impressions = col("impressions")
+        self.clicks = col("clicks")
+        self.carts = col("carts")
+        self.purchases = col("purchases")
+        self.vectors = bundle.array(layout.ITEM_VECTORS)
+        self.dim = int(self.vectors.shape[1])
+        self.covisit: Csr = bundle.csr(layout.COVISIT)
+        self.copurchase: Csr = bundle.csr(layout.COPURCHASE)
+        self.complements: Csr = bundle.csr(layout.COMPLEMENT_CATEGORIES)
+        self.popular_by_category: Csr = bundle.csr(layout.POPULAR_BY_CATEGORY)
+        self.popular_by_region: Csr = bundle.csr(layout.POPULAR_BY_REGION)
+        self.trending_by_region: Csr = bundle.csr(layout.TRENDING_BY_REGION)
+        self.trending_by_top: Csr = bundle.csr(layout.TRENDING_BY_TOP)
+        self.popular = bundle.array(layout.POPULAR_GLOBAL)
+        self.new_arrivals = bundle.array(layout.NEW_ARRIVALS)
+        self.index: VectorIndex | None = None
+        if load_index and bundle.has(layout.ITEM_INDEX):
+            self.index = VectorIndex.open(bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=expansion_search)
+        self.tower: UserTower | None = None
+        if load_tower and bundle.has(layout.USER_TOWER):
+            self.tower = UserTower(bundle.path(layout.USER_TOWER), threads=1)
+        self.snapshot: ShopperSnapshot | None = None
+        if load_snapshot and bundle.has(layout.SHOPPER_SNAPSHOT):
+            map_size = int(bundle.manifest.dims.get("snapshot_map_size", 1 << 30)) if bundle.manifest else 1 << 34
+            self.snapshot = ShopperSnapshot(bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)
+        # Per-worker scratch for the gather/merge kernels: all -1 between calls. Requests run one
+        # at a time per worker, so one buffer suffices.
+        self.slot_of = np.full(self.n_items, -1, dtype=np.int32)
+        self.cat_slot_of = np.full(len(bundle.vocab.category_path), -1, dtype=np.int32)
