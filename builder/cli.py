@@ -21,8 +21,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.scale not in SCALES:
         print(f"aisle synth: unknown scale {args.scale!r}; choose from {', '.join(SCALES)}", file=sys.stderr)
         return EXIT_USAGE
-    summary = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite)
-    print(summary)
+    s = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite)
+    by_type = ", ".join(f"{name} {count:,}" for name, count in s.events_by_type.items())
+    print(f"{s.out}: '{s.scale}' store, seed {s.seed}: {s.items:,} items, {s.users:,} shoppers, {s.sessions:,} sessions, "
+          f"{s.events:,} events ({by_type}) in {s.elapsed_s:.1f}s; hidden tastes in {s.truth_dir}")
     return 0
 
 
@@ -30,7 +32,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from builder.adapters.amazon import convert_amazon
 
     summary = convert_amazon(src=Path(args.src), out=Path(args.out), overwrite=args.overwrite)
-    print(summary)
+    print(f"{args.out}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
     return 0
 
 
