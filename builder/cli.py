@@ -53,6 +53,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from engine.server import serve
+    from engine.settings import load, with_server
+
+    overrides = {k: v for k, v in (("bundles", args.bundles), ("state_dir", args.state)) if v is not None}
+    settings = load(Path(args.settings) if args.settings else None, **overrides)
+    server = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    serve(with_server(settings, **server) if server else settings)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from builder.demo import run_demo
 
@@ -90,6 +101,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the manifest as JSON")
     s.set_defaults(func=_cmd_inspect)
 
+    s = sub.add_parser("serve", help="serve recommendations over HTTP (Granian, N worker processes)")
+    s.add_argument("--bundles", help="bundle root holding `current` (default from settings: bundles)")
+    s.add_argument("--workers", type=int, help="worker processes, one per core (default 2)")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.add_argument("--state", help="directory for the live store and metrics (default: state)")
+    s.add_argument("--settings", help="engine settings TOML (see docs/settings.example.toml)")
+    s.set_defaults(func=_cmd_serve)
+
     s = sub.add_parser("demo", help="synthesise a store, build it, and show recommendations")
     s.add_argument("--scale", default="small")
     s.add_argument("--seed", type=int, default=7)
@@ -103,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from artifacts.errors import BundleError
     from builder.config import ConfigError
+    from engine.settings import SettingsError
 
-    known: tuple[type[BaseException], ...] = (BundleError, ConfigError, FileExistsError, FileNotFoundError)
+    known: tuple[type[BaseException], ...] = (BundleError, ConfigError, SettingsError, FileExistsError, FileNotFoundError)
     try:
         from builder.ingest import InputError
 

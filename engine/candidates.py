@@ -12,10 +12,10 @@ class Candidates:
     rows: np.ndarray  # int32 [n] item rows, unique
     source_scores: np.ndarray  # float32 [n, n_sources]; 0 = not proposed by that source
     source: np.ndarray  # uint8 [n] the first source (in plan order) that proposed the item
-    anchor: np.ndarray  # int32 [n] item row that explains it, -1 if none
+    anchors: np.ndarray  # int32 [n, n_sources] item row that explains each proposal, -1 if none
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     def take(self, positions: np.ndarray) -> Candidates:
-        return Candidates(self.rows[positions], self.source_scores[positions], self.source[positions], self.anchor[positions])
+        return Candidates(self.rows[positions], self.source_scores[positions], self.source[positions], self.anchors[positions])

@@ -54,17 +54,33 @@ class CatalogView:
         self.trending_by_top: Csr = bundle.csr(layout.TRENDING_BY_TOP)
         self.popular = bundle.array(layout.POPULAR_GLOBAL)
         self.new_arrivals = bundle.array(layout.NEW_ARRIVALS)
+        self.expansion_search = expansion_search
         self.index: VectorIndex | None = None
-        if load_index and bundle.has(layout.ITEM_INDEX):
-            self.index = VectorIndex.open(bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=expansion_search)
         self.tower: UserTower | None = None
-        if load_tower and bundle.has(layout.USER_TOWER):
-            self.tower = UserTower(bundle.path(layout.USER_TOWER), threads=1)
         self.snapshot: ShopperSnapshot | None = None
-        if load_snapshot and bundle.has(layout.SHOPPER_SNAPSHOT):
-            map_size = int(bundle.manifest.dims.get("snapshot_map_size", 1 << 30)) if bundle.manifest else 1 << 34
-            self.snapshot = ShopperSnapshot(bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)
+        if load_index:
+            self.load_index()
+        if load_tower:
+            self.load_tower()
+        if load_snapshot:
+            self.load_snapshot()
         # Per-worker scratch for the gather/merge kernels: all -1 between calls. Requests run one
         # at a time per worker, so one buffer suffices.
         self.slot_of = np.full(self.n_items, -1, dtype=np.int32)
         self.cat_slot_of = np.full(len(bundle.vocab.category_path), -1, dtype=np.int32)
+
+    # Optional parts: each loader raises if the part is present but unusable; the caller decides
+    # whether that is fatal (the builder) or a step down the degradation ladder (the engine).
+    def load_index(self) -> None:
+        if self.bundle.has(layout.ITEM_INDEX):
+            self.index = VectorIndex.open(self.bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=self.expansion_search)
+
+    def load_tower(self) -> None:
+        if self.bundle.has(layout.USER_TOWER):
+            self.tower = UserTower(self.bundle.path(layout.USER_TOWER), threads=1)
+
+    def load_snapshot(self) -> None:
+        if self.bundle.has(layout.SHOPPER_SNAPSHOT):
+            manifest = self.bundle.manifest
+            map_size = int(manifest.dims.get("snapshot_map_size", 1 << 30)) if manifest else 1 << 34
+            self.snapshot = ShopperSnapshot(self.bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)

@@ -1,4 +1,7 @@
-"""The typed request context that flows through the pipeline's stages."""
+"""The typed request context that flows through the pipeline's stages.
+
+Each stage reads what earlier stages left and writes its own fields; nothing else is shared.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from artifacts.schema import SURFACE_BY_NAME
+from engine.candidates import Candidates
 from engine.shopper import Shopper
+
+
+@dataclass(slots=True)
+class RequestFilters:
+    """Request-level filters, already resolved to bundle codes/rows."""
+
+    exclude_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    blocked_brands: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    blocked_sellers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    category_nodes: np.ndarray | None = None  # int32 allowed category nodes; None = any
+    price_min: float | None = None
+    price_max: float | None = None
 
 
 @dataclass(slots=True)
@@ -19,7 +35,24 @@ class RequestContext:
     region: int = 0  # request region code, else the shopper's
     device: int = 0
     user_vector: np.ndarray | None = None  # float32 [dim], set by ResolveShopper when the tower runs
+    # --- set by the serving pipeline -------------------------------------------------------
+    count: int = 20
+    offset: int = 0  # cursor position: items already shown on earlier pages
+    filters: RequestFilters = field(default_factory=RequestFilters)
+    candidates: Candidates | None = None
+    features: np.ndarray | None = None  # float32 [n, n_features]
+    scores: np.ndarray | None = None  # float32 [n] final blended scores
+    selected: np.ndarray | None = None  # int32 positions into candidates, final order
+    explored: np.ndarray | None = None  # uint8 [len(selected)] 1 = exploration slot
+    fallback: str | None = None  # the first degradation step taken, if any
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    filtered: int = 0  # candidates removed by filters
+    started: float = 0.0  # perf_counter at decode
 
     @property
     def surface_code(self) -> int:
         return SURFACE_BY_NAME[self.surface]
+
+    def degrade(self, step: str) -> None:
+        if self.fallback is None:
+            self.fallback = step

@@ -23,7 +23,7 @@ def retrieve(
         scores.append(s)
         anchors.append(a)
         src.append(np.full(len(r), SOURCE_ID[spec.name], np.uint8))
-    uniq, mat, first, anchor = merge_candidates(
+    uniq, mat, first, anchors_by_source = merge_candidates(
         np.concatenate(rows).astype(np.int32),
         np.concatenate(scores).astype(np.float32),
         np.concatenate(src),
@@ -31,4 +31,4 @@ def retrieve(
         len(SOURCE_NAMES),
         view.slot_of,
     )
-    return Candidates(uniq, mat, first, anchor)
+    return Candidates(uniq, mat, first, anchors_by_source)

@@ -1,15 +1,24 @@
-"""Engine settings: one frozen object, validated before anything starts.
+"""Engine settings: one frozen object, validated before the socket opens.
 
-Only the retrieval plan lives here so far (which named sources feed each surface and how deep);
-the builder trains the ranker on candidates from this same default plan, so what the ranker saw
-in training is what it scores in serving.
+Every key has a default and a comment; `docs/settings.example.toml` lists them all. The only
+environment variable the engine reads is AISLE_SETTINGS_FILE (here, in `from_environment`), which
+`aisle serve` sets so that Granian's worker processes load exactly the settings it validated.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import msgspec
 
 from artifacts.featurespec import SOURCE_ID
+
+SETTINGS_ENV = "AISLE_SETTINGS_FILE"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used."""
 
 
 class SourceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -35,25 +44,135 @@ class RetrievalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     )
     recent_anchors: int = 10  # recent items used as anchors by item-to-item sources
     recency_decay: float = 0.85  # weight of the i-th most recent anchor: decay**i
+    backfill: int = 200  # popular items added when filters leave fewer than `count` candidates
 
     def plan(self, surface: str) -> list[SourceSpec]:
         return {"home": self.home, "pdp": self.pdp, "cart": self.cart}[surface]
 
 
-class SettingsError(ValueError):
-    """Settings that cannot be used."""
+class RankingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True  # false: serve retrieval order (the ranker-down path, on purpose)
+    max_candidates: int = 400  # candidates scored by the ranker (best by retrieval order first)
+    # Final score = relevance·z(ranker) + conversion·z(log buy rate) + price·z(log price):
+    # z() standardises over the request's candidates, so weights are comparable across terms.
+    weight_relevance: float = 1.0
+    weight_conversion: float = 0.15
+    weight_price: float = 0.0
 
 
-def validate_retrieval(settings: RetrievalSettings) -> RetrievalSettings:
+class RerankSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mmr_lambda: float = 0.75  # 1 = pure relevance, lower = more diverse (MMR over item vectors)
+    mmr_pool: int = 100  # best-scored candidates MMR chooses from
+    max_per_brand: int = 3  # per slate; 0 = no cap (unknown brand is never capped)
+    max_per_seller: int = 6
+    max_per_category: int = 4
+    explore_slots: list[int] = msgspec.field(default_factory=lambda: [4, 11])  # 0-based positions for exploration
+    explore_prior: tuple[float, float] = (1.0, 20.0)  # Beta prior (clicks, non-clicks) for new items' CTR
+    new_item_days: float = 14.0  # an item younger than this is "new" (boost, exploration)
+    new_item_boost: float = 0.3  # added to the standardised score of a brand-new item, decaying with age
+
+
+class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    default_count: int = 20
+    max_count: int = 100
+    max_cursor_offset: int = 400  # deepest page a cursor may ask for
+    max_cart_items: int = 50
+    max_recent_items: int = 50
+    max_filter_items: int = 100  # exclude list, blocked brands/sellers in a request
+    max_id_bytes: int = 64
+    max_query_bytes: int = 16_384
+    max_body_bytes: int = 1_048_576
+    max_events_per_batch: int = 1000
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2  # Granian worker processes; one per core
+    loop: str = "uvloop"  # asyncio | uvloop (rloop if installed)
+    backlog: int = 1024
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bundles: str = "bundles"  # bundle root holding `current`
+    state_dir: str = "state"  # live store (recent events), metrics shared memory
+    expansion_search: int = 256  # HNSW ef at query time
+    verify_at_start: str = "full"  # none | sizes | full: what `aisle serve` checks before starting workers
+    verify_on_open: str = "sizes"  # none | sizes | full: what each worker checks when it maps the bundle
+    server: ServerSettings = ServerSettings()
+    limits: LimitSettings = LimitSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    ranking: RankingSettings = RankingSettings()
+    rerank: RerankSettings = RerankSettings()
+
+
+def validate(settings: Settings) -> Settings:
+    problems: list[str] = []
+    r = settings.retrieval
     for surface in ("home", "pdp", "cart"):
-        plan = settings.plan(surface)
+        plan = r.plan(surface)
         if not plan:
-            raise SettingsError(f"retrieval.{surface}: at least one source is needed")
+            problems.append(f"retrieval.{surface}: at least one source is needed")
         for spec in plan:
             if spec.name not in SOURCE_ID:
-                raise SettingsError(f"retrieval.{surface}: unknown source {spec.name!r}; known: {', '.join(SOURCE_ID)}")
-            if not 1 <= spec.k <= 5000:
-                raise SettingsError(f"retrieval.{surface}.{spec.name}: k must be in [1, 5000], got {spec.k}")
-    if not 0 < settings.recency_decay <= 1:
-        raise SettingsError("retrieval.recency_decay must be in (0, 1]")
+                problems.append(f"retrieval.{surface}: unknown source {spec.name!r}; known: {', '.join(SOURCE_ID)}")
+            elif not 1 <= spec.k <= 5000:
+                problems.append(f"retrieval.{surface}.{spec.name}: k must be in [1, 5000], got {spec.k}")
+    if not 0 < r.recency_decay <= 1:
+        problems.append("retrieval.recency_decay must be in (0, 1]")
+    if not 0 <= settings.rerank.mmr_lambda <= 1:
+        problems.append(f"rerank.mmr_lambda must be in [0, 1], got {settings.rerank.mmr_lambda}")
+    if any(s < 0 for s in settings.rerank.explore_slots):
+        problems.append("rerank.explore_slots must be ≥ 0")
+    lim = settings.limits
+    if not 1 <= lim.default_count <= lim.max_count:
+        problems.append("limits.default_count must be in [1, limits.max_count]")
+    for key in ("verify_at_start", "verify_on_open"):
+        if getattr(settings, key) not in ("none", "sizes", "full"):
+            problems.append(f"{key} must be none, sizes or full")
+    if not 1 <= settings.server.workers <= 64:
+        problems.append("server.workers must be in [1, 64]")
+    if not 0 <= settings.server.port <= 65535:
+        problems.append("server.port must be in [0, 65535]")
+    if settings.server.loop not in ("asyncio", "uvloop", "rloop", "auto"):
+        problems.append("server.loop must be asyncio, uvloop, rloop or auto")
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
     return settings
+
+
+def load(path: Path | None, **overrides: object) -> Settings:
+    """Settings from a TOML file (missing keys take defaults), then top-level overrides
+    (e.g. bundles=...), validated."""
+    if path is None:
+        settings = Settings()
+    else:
+        try:
+            settings = msgspec.toml.decode(Path(path).read_bytes(), type=Settings)
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read settings: {exc.strerror}") from exc
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise SettingsError(f"{path}: {exc}") from exc
+    if overrides:
+        settings = msgspec.structs.replace(settings, **overrides)
+    return validate(settings)
+
+
+def with_server(settings: Settings, **changes: object) -> Settings:
+    return validate(msgspec.structs.replace(settings, server=msgspec.structs.replace(settings.server, **changes)))
+
+
+def dump(settings: Settings, path: Path) -> None:
+    """Write settings as JSON for worker processes (`from_environment`)."""
+    path.write_bytes(msgspec.json.encode(settings))
+
+
+def from_environment() -> Settings:
+    """The settings `aisle serve` validated and handed to this worker process, else defaults."""
+    file = os.environ.get(SETTINGS_ENV)
+    if not file:
+        return validate(Settings())
+    try:
+        return validate(msgspec.json.decode(Path(file).read_bytes(), type=Settings))
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SettingsError(f"{file} (from {SETTINGS_ENV}): {exc}") from exc

@@ -1,9 +1,9 @@
 """Union of candidate lists from several sources into one struct-of-arrays.
 
 Input is the concatenation of every source's output (rows, scores, source ids, anchors). Output
-has each item once, in order of first appearance, with a dense [n_unique, n_sources] matrix of
-per-source scores (0 where a source did not propose the item) and the best (first) source and
-anchor. O(n) with a caller-owned scratch array, so no per-request allocation proportional to the
+has each item once, in order of first appearance, with dense [n_unique, n_sources] matrices of
+per-source scores (0 where a source did not propose the item) and per-source anchors (the item
+that explains the proposal, -1 if none), plus the first source that proposed it. O(n) with a caller-owned scratch array, so no per-request allocation proportional to the
 catalog.
 """
 
@@ -26,14 +26,14 @@ def merge_candidates(
     slot_of: int32 [n_items] scratch, all -1 on entry and restored to -1 on exit.
 
     Returns (unique_rows int32 [u], source_scores float32 [u, n_sources], first_source uint8 [u],
-    first_anchor int32 [u]). For an item proposed twice by one source the higher score is kept.
-    Rows outside scratch are dropped.
+    source_anchors int32 [u, n_sources]). For an item proposed twice by one source the higher
+    score (and its anchor) is kept. Rows outside scratch are dropped.
     """
     n = rows.shape[0]
     n_items = slot_of.shape[0]
     uniq = np.empty(n, dtype=np.int32)
     first_src = np.empty(n, dtype=np.uint8)
-    first_anchor = np.empty(n, dtype=np.int32)
+    anchor_mat = np.full((n, n_sources), -1, dtype=np.int32)
     mat = np.zeros((n, n_sources), dtype=np.float32)
     seen = np.zeros((n, n_sources), dtype=np.uint8)
     u = 0
@@ -48,11 +48,11 @@ def merge_candidates(
             slot_of[r] = u
             uniq[u] = r
             first_src[u] = s
-            first_anchor[u] = anchors[i]
             u += 1
         if seen[slot, s] == 0 or scores[i] > mat[slot, s]:
             mat[slot, s] = scores[i]
+            anchor_mat[slot, s] = anchors[i]
             seen[slot, s] = 1
     for j in range(u):
         slot_of[uniq[j]] = -1
-    return uniq[:u].copy(), mat[:u].copy(), first_src[:u].copy(), first_anchor[:u].copy()
+    return uniq[:u].copy(), mat[:u].copy(), first_src[:u].copy(), anchor_mat[:u].copy()

@@ -21,8 +21,9 @@ from artifacts.ranker import CompiledRanker
 from artifacts.snapshot import ShopperSnapshot
 from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
-from engine.catalog import CatalogView
-from engine.pipeline import Pipeline
+from engine.schemas import RecommendQuery
+from engine.service import Recommender
+from engine.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -130,19 +131,18 @@ def test_snapshot_holds_every_shopper_with_blocks(tiny_bundle: Path, tiny_store:
 
 def test_pipeline_serves_in_stock_unblocked_items_from_the_bundle(tiny_bundle: Path) -> None:
     bundle = open_bundle(tiny_bundle / "current")
-    view = CatalogView(bundle)
-    pipeline = Pipeline(view, CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=N_FEATURES))
+    rec = Recommender(bundle, Settings(), live=None)
+    view = rec.view
     now = bundle.manifest.dims["end_ts"]
     for row in range(0, len(bundle.users), 25):
-        user_id = bundle.users.id_of(row)
-        ctx = pipeline.resolve("home", user_id, np.zeros(0, np.int32), now=now)
-        recs = pipeline.recommend(ctx, count=20)
-        rows = np.asarray([r.row for r in recs], np.int32)
-        assert len(recs) == 20 and len(set(rows.tolist())) == 20
+        response, ctx = rec.run(RecommendQuery("home", user_id=bundle.users.id_of(row), count=20), now=now)
+        rows = bundle.items.rows_of([i.sku for i in response.items])
+        assert response.fallback is None
+        assert len(rows) == 20 and len(set(rows.tolist())) == 20
         assert view.in_stock[rows].all()
         assert not np.isin(view.brand[rows], ctx.shopper.blocked_brands).any()
         assert not np.isin(view.seller[rows], ctx.shopper.blocked_sellers).any()
-        assert all(r.reason for r in recs)
+        assert all(i.reason for i in response.items)
 
 
 def test_cli_inspect_shows_every_part(tiny_bundle: Path) -> None:

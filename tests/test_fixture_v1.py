@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from artifacts import layout
 from artifacts.bundle import open_bundle
 from artifacts.featurespec import FEATURE_NAMES
-from artifacts.ranker import CompiledRanker
-from engine.catalog import CatalogView
-from engine.pipeline import Pipeline
+from engine.schemas import RecommendQuery
+from engine.service import Recommender
+from engine.settings import Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bundle-v1"
 
@@ -30,14 +28,18 @@ def test_frozen_v1_feature_spec_is_the_engines() -> None:
 
 def test_frozen_v1_bundle_serves_every_surface() -> None:
     bundle = open_bundle(FIXTURE, verify="sizes")
-    view = CatalogView(bundle)
-    pipeline = Pipeline(view, CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=len(FEATURE_NAMES)))
+    rec = Recommender(bundle, Settings(), live=None)
+    assert rec.load_report.ranker is None and rec.load_report.index is None
     now = bundle.manifest.dims["end_ts"]
     user = bundle.users.id_of(0)
-    anchor = np.asarray([int(bundle.array(layout.POPULAR_GLOBAL)[0])], np.int32)
-    for surface, anchors in (("home", np.zeros(0, np.int32)), ("pdp", anchor), ("cart", anchor)):
-        recs = pipeline.recommend(pipeline.resolve(surface, user, anchors, now=now), count=10)
-        rows = [r.row for r in recs]
-        assert len(recs) == 10 and len(set(rows)) == 10
-        assert view.in_stock[rows].all()
-        assert int(anchor[0]) not in rows or surface == "home"
+    anchor = bundle.items.id_of(int(bundle.array(layout.POPULAR_GLOBAL)[0]))
+    for query in (
+        RecommendQuery("home", user_id=user, count=10),
+        RecommendQuery("pdp", user_id=user, item_id=anchor, count=10),
+        RecommendQuery("cart", user_id=user, cart=[anchor], count=10),
+    ):
+        response, _ = rec.run(query, now=now)
+        skus = [i.sku for i in response.items]
+        assert len(skus) == 10 and len(set(skus)) == 10 and response.fallback is None
+        assert rec.view.in_stock[bundle.items.rows_of(skus)].all()
+        assert anchor not in skus or query.surface == "home"

@@ -82,24 +82,29 @@ def test_merge_matches_reference(seed: int, n: int, n_sources: int) -> None:
     sources = rng.integers(0, n_sources, n).astype(np.uint8)
     anchors = rng.integers(-1, 60, n).astype(np.int32)
     slot = np.full(50, -1, np.int32)  # rows ≥ 50 are out of range and dropped
-    uniq, mat, first_src, first_anchor = merge_candidates(rows, scores, sources, anchors, n_sources, slot)
+    uniq, mat, first_src, anchor_mat = merge_candidates(rows, scores, sources, anchors, n_sources, slot)
     assert (slot == -1).all()
     order: list[int] = []
     ref: dict[int, np.ndarray] = {}
-    meta: dict[int, tuple[int, int]] = {}
+    ref_anchor: dict[int, np.ndarray] = {}
+    first: dict[int, int] = {}
+    seen: set[tuple[int, int]] = set()
     for r, s, src, a in zip(rows, scores, sources, anchors):
         if not 0 <= r < 50:
             continue
         if r not in ref:
             order.append(int(r))
             ref[r] = np.zeros(n_sources, np.float32)
-            meta[r] = (int(src), int(a))
-        ref[r][src] = max(ref[r][src], s)
+            ref_anchor[r] = np.full(n_sources, -1, np.int32)
+            first[r] = int(src)
+        if (int(r), int(src)) not in seen or s > ref[r][src]:
+            ref[r][src], ref_anchor[r][src] = s, a
+            seen.add((int(r), int(src)))
     np.testing.assert_array_equal(uniq, np.asarray(order, np.int32))
     if order:
         np.testing.assert_array_equal(mat, np.stack([ref[r] for r in order]))
-        np.testing.assert_array_equal(first_src, [meta[r][0] for r in order])
-        np.testing.assert_array_equal(first_anchor, [meta[r][1] for r in order])
+        np.testing.assert_array_equal(first_src, [first[r] for r in order])
+        np.testing.assert_array_equal(anchor_mat, np.stack([ref_anchor[r] for r in order]))
 
 
 @settings(max_examples=100, deadline=None)

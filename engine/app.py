@@ -1,0 +1,254 @@
+"""The ASGI application Granian runs in every worker process.
+
+Plain ASGI (no framework): six routes, msgspec bodies, one place that maps errors to responses.
+Startup (the lifespan event) opens `<bundles>/current`, loads what it can (the degradation ladder
+starts at load), compiles and warms every kernel, and only then reports ready. Requests are CPU
+work of a few milliseconds and run inline on the worker's event loop: one request at a time per
+worker, one worker per core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+import numpy as np
+
+from artifacts.bundle import open_bundle
+from artifacts.featurespec import SOURCE_NAMES
+from artifacts.errors import BundleError
+from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
+from engine.live import LiveStore
+from engine.metrics import STATUSES, Metrics
+from engine.openapi import openapi_document
+from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health
+from engine.service import Recommender, decode_query, ingest_events
+from engine.settings import Settings, from_environment
+
+log = logging.getLogger("aisle.engine")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+TEXT_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank")
+
+
+class Engine:
+    """State of one worker: settings, the loaded recommender (or why not), live store, metrics."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+        self.recommender: Recommender | None = None
+        self.live: LiveStore | None = None
+        self.metrics: Metrics | None = None
+        self.problem = "starting"
+        self.loaded_at = 0.0
+
+    def start(self) -> None:
+        if self.settings is None:
+            self.settings = from_environment()
+        s = self.settings
+        state = Path(s.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics.open(state / "metrics.bin")
+        self.live = LiveStore(state)
+        try:
+            bundle = open_bundle(Path(s.bundles) / "current", verify=s.verify_on_open)  # type: ignore[arg-type]
+            recommender = Recommender(bundle, s, self.live)
+            recommender.warm()
+        except BundleError as exc:
+            self.problem = f"no servable bundle: {exc}"
+            log.error("worker %d: %s", os.getpid(), self.problem)
+            return
+        self.recommender = recommender
+        self.loaded_at = time.time()
+        self.problem = ""
+        report = recommender.load_report
+        for part, why in (("ranker", report.ranker), ("index", report.index), ("tower", report.tower), ("snapshot", report.snapshot)):
+            if why:
+                log.warning("worker %d: %s unavailable, serving degraded: %s", os.getpid(), part, why)
+
+
+class App:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.engine = Engine(settings)
+        self._started = False
+
+    def _ensure_started(self) -> None:
+        # Granian runs the lifespan protocol; a server that does not gets the same start lazily.
+        if not self._started:
+            self._started = True
+            self.engine.start()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        self._ensure_started()
+        await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self._ensure_started()
+                except Exception as exc:  # a worker that cannot start must say why, not hang
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        surface, fallback = "other", "none"
+        try:
+            if path == "/v1/recommendations":
+                _allow(method, "GET")
+                status, body, headers, surface, fallback = self._recommend(scope, request_id)
+            elif path == "/v1/events":
+                _allow(method, "POST")
+                status, body, headers = await self._events(scope, receive)
+            elif path == "/healthz":
+                _allow(method, "GET")
+                status, body, headers = 200, JSON.encode(Health("ok", pid=os.getpid())), JSON_HEADERS
+            elif path == "/readyz":
+                _allow(method, "GET")
+                status, body, headers = self._ready()
+            elif path == "/metrics":
+                _allow(method, "GET")
+                status, body, headers = self._metrics_text()
+            elif path == "/openapi.json":
+                _allow(method, "GET")
+                status, body, headers = 200, openapi_document(), JSON_HEADERS
+            else:
+                raise NotFound(f"no route {path}; see /openapi.json")
+        except ApiError as exc:
+            status, body, headers = exc.status, JSON.encode(ErrorBody(exc.kind, exc.detail)), list(JSON_HEADERS)
+            if exc.retry_after is not None:
+                headers.append((b"retry-after", str(exc.retry_after).encode()))
+        except Exception:  # never a traceback on the wire; the log has it
+            log.exception("worker %d: unhandled error on %s %s", os.getpid(), method, path)
+            status, body, headers = 500, JSON.encode(ErrorBody("internal", "internal error; the request id is in the server log")), JSON_HEADERS
+        headers = [*headers, (b"x-request-id", request_id.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.engine.metrics is not None and path == "/v1/recommendations":
+            m = self.engine.metrics
+            m.inc("aisle_requests_total", surface=surface, status=str(status) if str(status) in STATUSES else "500", fallback=fallback)
+            m.observe("aisle_request_seconds", time.perf_counter() - started, surface=surface)
+
+    # -- routes ----------------------------------------------------------------------------------
+    def _recommender(self) -> Recommender:
+        rec = self.engine.recommender
+        if rec is None:
+            raise NotReady(self.engine.problem or "no bundle loaded", retry_after=5)
+        return rec
+
+    def _recommend(self, scope: Scope, request_id: str) -> tuple[int, bytes, list, str, str]:
+        rec = self._recommender()
+        query = decode_query(scope.get("query_string", b"").decode("latin-1"), rec.settings)
+        response, ctx = rec.run(query, request_id=request_id)
+        m = self.engine.metrics
+        if m is not None:
+            for stage in STAGES:
+                if stage in ctx.timings:
+                    m.observe("aisle_stage_seconds", ctx.timings[stage], stage=stage)
+            if len(response.items) < ctx.count:
+                m.inc("aisle_short_responses_total", surface=query.surface)
+            for item in response.items:
+                m.inc("aisle_candidates_served_total", source=item.source)
+            if ctx.candidates is not None:
+                per_source = (ctx.candidates.source_scores > 0).sum(axis=0)
+                for source_id in np.flatnonzero(per_source):
+                    m.inc("aisle_candidates_total", float(per_source[source_id]), source=SOURCE_NAMES[source_id])
+            if ctx.filtered:
+                m.inc("aisle_filtered_total", float(ctx.filtered), filter="out_of_stock_or_blocked_or_excluded")
+        return 200, JSON.encode(response), JSON_HEADERS, query.surface, ctx.fallback or "none"
+
+    async def _events(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
+        rec = self._recommender()
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise UnsupportedMediaType(f"send events as application/json, not {content_type or 'no content type'}")
+        body = await _read_body(scope, receive, rec.settings.limits.max_body_bytes)
+        try:
+            batch = EVENT_BATCH.decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"event batch: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"event batch is not valid JSON: {exc}") from exc
+        result = ingest_events(batch.events, self.engine.live, rec.settings.limits.max_events_per_batch)
+        m = self.engine.metrics
+        if m is not None:
+            m.inc("aisle_events_total", float(result.accepted), outcome="accepted")
+            m.inc("aisle_events_total", float(result.duplicates), outcome="duplicate")
+            m.inc("aisle_events_total", float(result.rejected), outcome="rejected")
+        return 202, JSON.encode(result), JSON_HEADERS
+
+    def _ready(self) -> tuple[int, bytes, list]:
+        rec = self.engine.recommender
+        if rec is None:
+            return 503, JSON.encode(Health("not_ready", None, os.getpid(), self.engine.problem)), [*JSON_HEADERS, (b"retry-after", b"5")]
+        r = rec.load_report
+        degraded = [part for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+        detail = ("degraded: " + ", ".join(degraded) + " unavailable") if degraded else ""
+        return 200, JSON.encode(Health("ready", rec.build_id, os.getpid(), detail)), JSON_HEADERS
+
+    def _metrics_text(self) -> tuple[int, bytes, list]:
+        m = self.engine.metrics
+        if m is None:
+            raise NotReady("metrics are not initialised yet", retry_after=1)
+        rec = self.engine.recommender
+        if rec is not None:
+            m.set("aisle_bundle_loaded_timestamp_seconds", self.engine.loaded_at)
+            m.set("aisle_bundle_age_seconds", max(0.0, time.time() - rec.end_ts))
+        return 200, m.render(bundle_id=rec.build_id if rec else None).encode(), TEXT_HEADERS
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"use {allowed} here, not {method}")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+app = App()

@@ -1,0 +1,53 @@
+"""`aisle serve`: validate settings, hand them to Granian's worker processes, run.
+
+Granian spawns the workers; each imports engine.app and reads the settings file named by
+AISLE_SETTINGS_FILE (engine.settings.from_environment). Thread pools are pinned to one thread per
+worker (STACK-NOTES pitfall 19): with one worker per core, extra threads only contend.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from artifacts.bundle import open_bundle
+from engine.settings import SETTINGS_ENV, Settings, dump
+
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+def serve(settings: Settings) -> None:
+    # Refuse to start on a bundle that does not verify: better a clear error at start than
+    # workers that come up not ready.
+    open_bundle(Path(settings.bundles) / "current", verify=settings.verify_at_start)  # type: ignore[arg-type]
+    state = Path(settings.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    settings_file = state / f"settings-{os.getpid()}.json"
+    dump(settings, settings_file)
+    os.environ[SETTINGS_ENV] = str(settings_file.resolve())
+    for key, value in SINGLE_THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    server = Granian(
+        target="engine.app:app",
+        address=settings.server.host,
+        port=settings.server.port,
+        interface=Interfaces.ASGI,
+        workers=settings.server.workers,
+        loop=Loops(settings.server.loop),
+        backlog=settings.server.backlog,
+        respawn_failed_workers=True,
+        log_access=False,
+    )
+    try:
+        server.serve()
+    finally:
+        settings_file.unlink(missing_ok=True)

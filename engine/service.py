@@ -1,0 +1,254 @@
+"""The engine's use cases, independent of HTTP: recommend for a request, ingest a batch of events.
+
+`Recommender` owns one bundle's serving view and the stage objects; `decode_query` turns a raw
+query string into a validated RecommendQuery. Both raise engine.errors.ApiError subclasses only.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+import msgspec
+import numpy as np
+
+from artifacts import layout
+from artifacts.bundle import Bundle
+from artifacts.errors import BundleError
+from artifacts.ranker import CompiledRanker
+from artifacts.usertower import UserTowerError
+from artifacts.vectors import VectorIndexError
+from engine.catalog import CatalogView
+from engine.context import RequestContext, RequestFilters
+from engine.errors import BadRequest, Invalid, NotFound, TooLarge
+from engine.live import LiveStore
+from engine.schemas import Event, EventRejection, EventsResponse, RecommendedItem, RecommendQuery, RecommendResponse
+from engine.settings import Settings
+from engine.shopper import Shopper
+from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
+
+LIST_PARAMS = frozenset({"cart", "recent", "exclude", "block_brands", "block_sellers"})
+CURSOR_PREFIX = "c1."
+
+
+def decode_query(raw: str, settings: Settings) -> RecommendQuery:
+    lim = settings.limits
+    if len(raw) > lim.max_query_bytes:
+        raise TooLarge(f"query string is {len(raw)} bytes; the limit is {lim.max_query_bytes}")
+    params: dict[str, object] = {}
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"query string is not valid UTF-8: {exc}") from exc
+    for key, value in pairs:
+        if key in params:
+            raise BadRequest(f"parameter '{key}' given more than once; list parameters are comma-separated")
+        if key in LIST_PARAMS:
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            limit = lim.max_cart_items if key == "cart" else lim.max_recent_items if key == "recent" else lim.max_filter_items
+            if len(items) > limit:
+                raise TooLarge(f"'{key}' has {len(items)} entries; the limit is {limit}")
+            params[key] = items
+        else:
+            params[key] = value
+    try:
+        query = msgspec.convert(params, RecommendQuery, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if "unknown field" in message or "missing required field" in message:
+            raise BadRequest(message.replace("Object", "query").replace("field", "parameter")) from exc
+        raise Invalid(message.replace("$.", "parameter ")) from exc
+    for name in ("user_id", "item_id"):
+        value = getattr(query, name)
+        if value is not None and not 1 <= len(value.encode()) <= lim.max_id_bytes:
+            raise Invalid(f"'{name}' must be 1-{lim.max_id_bytes} bytes, got {len(value.encode())}")
+    for name in LIST_PARAMS:
+        for value in getattr(query, name):
+            if len(value.encode()) > lim.max_id_bytes:
+                raise Invalid(f"'{name}' has an entry of {len(value.encode())} bytes; the limit is {lim.max_id_bytes}")
+    if query.count is not None and not 1 <= query.count <= lim.max_count:
+        raise Invalid(f"'count' must be in [1, {lim.max_count}], got {query.count}")
+    if query.surface == "pdp" and not query.item_id:
+        raise BadRequest("surface 'pdp' needs 'item_id' (the product being viewed)")
+    if query.surface == "cart" and not query.cart:
+        raise BadRequest("surface 'cart' needs 'cart' (comma-separated SKUs in the cart)")
+    for name in ("price_min", "price_max"):
+        value = getattr(query, name)
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise Invalid(f"'{name}' must be a finite number ≥ 0, got {value}")
+    if query.price_min is not None and query.price_max is not None and query.price_min > query.price_max:
+        raise Invalid(f"'price_min' ({query.price_min}) is above 'price_max' ({query.price_max})")
+    return query
+
+
+def parse_cursor(cursor: str | None, max_offset: int) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.startswith(CURSOR_PREFIX) or not cursor[len(CURSOR_PREFIX) :].isdigit():
+        raise BadRequest(f"'cursor' {cursor!r} is not a cursor this API returned")
+    offset = int(cursor[len(CURSOR_PREFIX) :])
+    if offset > max_offset:
+        raise Invalid(f"'cursor' goes past the deepest page ({max_offset} items)")
+    return offset
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loaded and what did not: the degradation ladder starts here."""
+
+    ranker: str | None  # None = loaded; else why not
+    index: str | None
+    tower: str | None
+    snapshot: str | None
+
+
+class Recommender:
+    def __init__(self, bundle: Bundle, settings: Settings, live: LiveStore | None) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        problems: dict[str, str | None] = {"ranker": None, "index": None, "tower": None, "snapshot": None}
+        self.view = CatalogView(bundle, load_index=False, load_tower=False, load_snapshot=False, expansion_search=settings.expansion_search)
+        for part, loader in (("index", self.view.load_index), ("tower", self.view.load_tower), ("snapshot", self.view.load_snapshot)):
+            try:
+                loader()
+            except (BundleError, UserTowerError, VectorIndexError, OSError) as exc:
+                problems[part] = str(exc)
+        ranker: CompiledRanker | None = None
+        try:
+            ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=int(bundle.manifest.dims["n_features"]))
+        except (BundleError, OSError, KeyError) as exc:
+            problems["ranker"] = str(exc)
+        self.load_report = LoadReport(**problems)
+        self.live = live
+        self.build_id = bundle.build_id
+        self.resolve = ResolveShopper(self.view, live, settings.limits.max_recent_items)
+        self.stages = (
+            RetrieveCandidates(self.view, settings),
+            FilterCandidates(self.view, settings),
+            GatherFeatures(self.view, settings),
+            PredictRanker(ranker, settings, problems["ranker"]),
+            Rerank(self.view, settings),
+        )
+        self.explain = Explain(self.view)
+        vocab = bundle.vocab
+        self.region_code = {name: code for code, name in enumerate(vocab.regions) if name}
+        self.device_code = {name: code for code, name in enumerate(vocab.devices) if name}
+        self.brand_code = {name: code for code, name in enumerate(vocab.brands) if name}
+        self.seller_code = {name: code for code, name in enumerate(vocab.sellers) if name}
+        self.category_path = vocab.category_path
+        self.end_ts = int(bundle.manifest.dims.get("end_ts", 0)) if bundle.manifest else 0
+
+    # -- decode: external ids → bundle rows/codes --------------------------------------------
+    def _rows(self, skus: list[str]) -> np.ndarray:
+        rows = self.view.bundle.items.rows_of(skus)
+        return rows[rows >= 0]
+
+    def _category_nodes(self, path: str) -> np.ndarray:
+        prefix = path.strip().strip("/")
+        nodes = [i for i, p in enumerate(self.category_path) if p and (p == prefix or p.startswith(prefix + "/"))]
+        if not nodes:
+            raise Invalid(f"'category' {path!r} is not a category of this catalog")
+        return np.asarray(nodes, np.int32)
+
+    def context(self, q: RecommendQuery, now: float | None = None) -> RequestContext:
+        count = q.count if q.count is not None else self.settings.limits.default_count
+        ctx = RequestContext(q.surface, Shopper.anonymous(), int(now if now is not None else time.time()))
+        ctx.count = count
+        ctx.offset = parse_cursor(q.cursor, self.settings.limits.max_cursor_offset)
+        ctx.region = self.region_code.get(q.region or "", 0)
+        ctx.device = self.device_code.get(q.device or "", 0)
+        if q.surface == "pdp":
+            row = self.view.bundle.items.row_of(q.item_id or "")
+            if row < 0:
+                raise NotFound(f"unknown item_id {q.item_id!r}: not in bundle {self.build_id}")
+            ctx.anchors = np.asarray([row], np.int32)
+        elif q.surface == "cart":
+            rows = self._rows(q.cart)
+            if len(rows) == 0:
+                raise NotFound(f"none of the cart's SKUs is known to bundle {self.build_id}: {', '.join(q.cart[:5])}")
+            ctx.anchors = np.unique(rows).astype(np.int32)
+        ctx.filters = RequestFilters(
+            exclude_rows=self._rows(q.exclude),
+            blocked_brands=np.asarray([self.brand_code[b] for b in q.block_brands if b in self.brand_code], np.int32),
+            blocked_sellers=np.asarray([self.seller_code[s] for s in q.block_sellers if s in self.seller_code], np.int32),
+            category_nodes=self._category_nodes(q.category) if q.category else None,
+            price_min=q.price_min,
+            price_max=q.price_max,
+        )
+        return ctx
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def run(self, q: RecommendQuery, request_id: str | None = None, now: float | None = None) -> tuple[RecommendResponse, RequestContext]:
+        started = time.perf_counter()
+        ctx = self.context(q, now)
+        ctx.started = started
+        timed(self.resolve, ctx, q.user_id, self._rows(q.recent) if q.recent else None)
+        for stage in self.stages:
+            timed(stage, ctx)
+        items = []
+        for i, position in enumerate(ctx.selected.tolist()):
+            source, reason = self.explain(ctx, position, bool(ctx.explored[i]) if ctx.explored is not None and i < len(ctx.explored) else False)
+            items.append(
+                RecommendedItem(
+                    sku=self.view.bundle.items.id_of(int(ctx.candidates.rows[position])),
+                    score=round(float(ctx.scores[position]), 6),
+                    reason=reason,
+                    source=source,
+                )
+            )
+        end = ctx.offset + ctx.count
+        more = len(items) == ctx.count and end < self.settings.limits.max_cursor_offset
+        response = RecommendResponse(
+            items=items,
+            bundle=self.build_id,
+            variant="default",
+            fallback=ctx.fallback,
+            request_id=request_id or uuid.uuid4().hex,
+            took_ms=round((time.perf_counter() - started) * 1000.0, 3),
+            next_cursor=f"{CURSOR_PREFIX}{end}" if more else None,
+        )
+        return response, ctx
+
+    def warm(self) -> None:
+        """Compile (or load from cache) every kernel and touch every part on each surface path,
+        so no shopper's request pays a JIT compile or a cold page fault storm."""
+        anchor = [self.view.bundle.items.id_of(int(self.view.popular[0]))] if len(self.view.popular) else []
+        for surface in ("home", "pdp", "cart"):
+            if surface != "home" and not anchor:
+                continue
+            q = RecommendQuery(surface=surface, item_id=anchor[0] if surface == "pdp" else None, cart=anchor if surface == "cart" else [], count=10)
+            self.run(q, request_id="warm-up", now=self.end_ts)
+
+
+def ingest_events(events: list[Event], live: LiveStore | None, limit: int) -> EventsResponse:
+    """Validate a batch and apply it to the live store (the durable log is the next step)."""
+    if len(events) > limit:
+        raise TooLarge(f"a batch holds at most {limit} events; got {len(events)}")
+    rejections: list[EventRejection] = []
+    accepted: list[tuple[str, str, str, float]] = []
+    seen: set[str] = set()
+    duplicates = 0
+    now = time.time()
+    for i, e in enumerate(events):
+        problem = None
+        if not e.event_id or len(e.event_id) > 128:
+            problem = "event_id must be 1-128 characters"
+        elif not 1 <= len(e.user_id.encode()) <= 64:
+            problem = "user_id must be 1-64 bytes"
+        elif not 1 <= len(e.sku.encode()) <= 64:
+            problem = "sku must be 1-64 bytes"
+        elif e.ts is not None and not (0 <= e.ts <= now + 300):
+            problem = "ts must be epoch seconds, not in the future"
+        if problem:
+            rejections.append(EventRejection(i, e.event_id, problem))
+            continue
+        if e.event_id in seen:
+            duplicates += 1
+            continue
+        seen.add(e.event_id)
+        accepted.append((e.user_id, e.sku, e.type, float(e.ts if e.ts is not None else now)))
+    if live is not None and accepted:
+        live.record(accepted)
+    return EventsResponse(accepted=len(accepted), duplicates=duplicates, rejected=len(rejections), rejections=rejections)

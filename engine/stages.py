@@ -1,0 +1,332 @@
+"""The request path's named stages (DESIGN.md §3):
+
+    decode → ResolveShopper → RetrieveCandidates → FilterCandidates → GatherFeatures
+           → PredictRanker → Rerank → encode
+
+Each stage is a small class with `name` and `__call__(ctx)`; it reads the RequestContext, writes
+its own fields, and degrades (ctx.degrade) instead of failing when an optional part is missing,
+slow or broken. The builder runs RetrieveCandidates and GatherFeatures' underlying functions on its
+training queries, so training and serving see the same candidates and features.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from artifacts.featurespec import FEATURE_INDEX, SOURCE_ID, SOURCE_NAMES
+from artifacts.ranker import CompiledRanker
+from engine.candidates import Candidates
+from engine.catalog import CatalogView
+from engine.context import RequestContext
+from engine.features import assemble_features
+from engine.live import LiveStore
+from engine.resolve import shopper_vector
+from engine.retrieval import retrieve
+from engine.settings import Settings
+from engine.shopper import Shopper
+from engine.sources import default_sources
+from kernels.caps import select_with_caps
+from kernels.explore import place_exploration, thompson_scores
+from kernels.filters import MASKED, apply_filters
+from kernels.mmr import mmr_select
+from kernels.topk import topk
+
+DAY = 86_400.0
+BACKFILL_SOURCE = SOURCE_ID["popular"]
+
+
+class Stage(Protocol):
+    name: str
+
+    def __call__(self, ctx: RequestContext) -> None: ...
+
+
+def _bitmap(codes: np.ndarray, size: int) -> np.ndarray:
+    bits = np.zeros(size, np.uint8)
+    codes = np.asarray(codes, dtype=np.int64)
+    bits[codes[(codes >= 0) & (codes < size)]] = 1
+    return bits
+
+
+class ResolveShopper:
+    """Snapshot record + live events + request context → ctx.shopper, region, device, vector."""
+
+    name = "resolve"
+
+    def __init__(self, view: CatalogView, live: LiveStore | None, history_limit: int) -> None:
+        self.view, self.live, self.history_limit = view, live, history_limit
+        manifest = view.bundle.manifest
+        self.since_ts = float(manifest.dims.get("end_ts", 0)) if manifest else 0.0
+
+    def __call__(self, ctx: RequestContext, user_id: str | None = None, request_recent: np.ndarray | None = None) -> None:
+        view = self.view
+        shopper: Shopper | None = None
+        if user_id:
+            if view.snapshot is None:
+                ctx.degrade("features_unavailable")
+            else:
+                record = view.snapshot.get(user_id)
+                if record is not None:
+                    shopper = Shopper.from_record(record)
+        if shopper is None:
+            shopper = Shopper.anonymous()
+        live_rows = self.live.recent_rows(user_id, view, self.since_ts) if (self.live is not None and user_id) else None
+        extra = [a for a in (live_rows, request_recent) if a is not None and len(a)]
+        if extra:
+            merged = np.concatenate([shopper.recent_items, *extra]).astype(np.int32)
+            shopper.recent_items = merged[-self.history_limit :]
+            types = np.concatenate([shopper.recent_types, *(np.ones(len(a), np.int8) for a in extra)])
+            shopper.recent_types = types[-self.history_limit :].astype(np.int8)
+        if ctx.region == 0:
+            ctx.region = shopper.region
+        if ctx.device == 0:
+            ctx.device = shopper.device
+        ctx.shopper = shopper
+        ctx.user_vector = shopper_vector(view, ctx)
+
+
+class RetrieveCandidates:
+    name = "retrieve"
+
+    def __init__(self, view: CatalogView, settings: Settings) -> None:
+        self.view, self.settings = view, settings
+        r = settings.retrieval
+        self.sources = default_sources(r.recent_anchors, r.recency_decay)
+        self.index_dependent = {"ann", "similar"}
+
+    def __call__(self, ctx: RequestContext) -> None:
+        plan = self.settings.retrieval.plan(ctx.surface)
+        if self.view.index is None and any(s.name in self.index_dependent for s in plan):
+            ctx.degrade("index_unavailable")
+        ctx.candidates = retrieve(self.view, ctx, plan, self.sources)
+
+
+class FilterCandidates:
+    """Hard rules first (never out of stock, never a blocked brand/seller, never an excluded item),
+    then request filters; backfill from popular items when too few survive."""
+
+    name = "filter"
+
+    def __init__(self, view: CatalogView, settings: Settings) -> None:
+        self.view, self.settings = view, settings
+        vocab = view.bundle.vocab
+        self.n_brands, self.n_sellers = len(vocab.brands), len(vocab.sellers)
+
+    def _mask(self, ctx: RequestContext, rows: np.ndarray) -> np.ndarray:
+        """bool [n]: may be shown."""
+        v, f, s = self.view, ctx.filters, ctx.shopper
+        scores = np.ones(len(rows), np.float32)
+        excluded = _bitmap(np.concatenate([ctx.anchors, s.purchased, f.exclude_rows]), v.n_items)
+        apply_filters(
+            rows, scores, v.in_stock, v.brand, v.seller,
+            _bitmap(np.concatenate([s.blocked_brands, f.blocked_brands]), self.n_brands),
+            _bitmap(np.concatenate([s.blocked_sellers, f.blocked_sellers]), self.n_sellers),
+            excluded,
+        )
+        keep = scores > MASKED
+        if f.category_nodes is not None:
+            keep &= np.isin(v.category[rows], f.category_nodes)
+        if f.price_min is not None or f.price_max is not None:
+            price = v.price[rows] * (1.0 - v.discount[rows])
+            if f.price_min is not None:
+                keep &= price >= f.price_min
+            if f.price_max is not None:
+                keep &= price <= f.price_max
+        return keep
+
+    def __call__(self, ctx: RequestContext) -> None:
+        cands = ctx.candidates
+        keep = self._mask(ctx, cands.rows)
+        ctx.filtered = int((~keep).sum())
+        cands = cands.take(np.flatnonzero(keep))
+        need = ctx.offset + ctx.count
+        if len(cands) < need:
+            cands = self._backfill(ctx, cands, need)
+        ctx.candidates = cands
+
+    def _backfill(self, ctx: RequestContext, cands: Candidates, need: int) -> Candidates:
+        """Popular items (then any in-stock items) not yet present, filtered by the same rules."""
+        v = self.view
+        pool = np.asarray(v.popular, dtype=np.int32)[: self.settings.retrieval.backfill]
+        if len(pool) < need * 4:  # a tiny or heavily filtered catalog: widen to every item
+            pool = np.concatenate([pool, np.arange(v.n_items, dtype=np.int32)])
+        pool = pool[~np.isin(pool, cands.rows)]
+        _, first = np.unique(pool, return_index=True)
+        pool = pool[np.sort(first)]
+        pool = pool[self._mask(ctx, pool)][: need - len(cands) + ctx.count]
+        n_sources = cands.source_scores.shape[1]
+        scores = np.zeros((len(pool), n_sources), np.float32)
+        scores[:, BACKFILL_SOURCE] = 1e-3 / (1.0 + np.arange(len(pool), dtype=np.float32))
+        extra = Candidates(pool, scores, np.full(len(pool), BACKFILL_SOURCE, np.uint8), np.full((len(pool), n_sources), -1, np.int32))
+        return Candidates(
+            np.concatenate([cands.rows, extra.rows]),
+            np.concatenate([cands.source_scores, extra.source_scores]),
+            np.concatenate([cands.source, extra.source]),
+            np.concatenate([cands.anchors, extra.anchors]),
+        )
+
+
+def retrieval_scores(cands: Candidates) -> np.ndarray:
+    """Ranker-free order: each source's scores scaled to [0, 1], summed, so items several sources
+    agree on come first. float32 [n]."""
+    s = cands.source_scores
+    top = s.max(axis=0)
+    return (s / np.where(top > 0, top, 1.0)).sum(axis=1).astype(np.float32)
+
+
+class GatherFeatures:
+    name = "features"
+
+    def __init__(self, view: CatalogView, settings: Settings) -> None:
+        self.view, self.settings = view, settings
+
+    def __call__(self, ctx: RequestContext) -> None:
+        cands = ctx.candidates
+        limit = self.settings.ranking.max_candidates
+        if len(cands) > limit:  # the ranker's cost grows with rows: keep the best by retrieval
+            cands = cands.take(np.sort(topk(retrieval_scores(cands), limit)))
+            ctx.candidates = cands
+        ctx.features = assemble_features(self.view, ctx, cands)
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(x.astype(np.float32), nan=0.0)
+    sd = float(x.std())
+    return (x - x.mean()) / sd if sd > 1e-9 else np.zeros_like(x)
+
+
+class PredictRanker:
+    """Compiled GBDT relevance, blended with conversion and price (weights from settings).
+    Without a ranker (missing, disabled, failing): retrieval order, and ctx.fallback says so."""
+
+    name = "rank"
+
+    def __init__(self, ranker: CompiledRanker | None, settings: Settings, ranker_problem: str | None = None) -> None:
+        self.ranker, self.settings = ranker, settings
+        self.ranker_problem = ranker_problem
+
+    def __call__(self, ctx: RequestContext) -> None:
+        cands, rs = ctx.candidates, self.settings.ranking
+        relevance = None
+        if not rs.enabled or self.ranker is None:
+            ctx.degrade("ranker_unavailable")
+        elif len(cands):
+            try:
+                relevance = self.ranker.predict(ctx.features)
+            except (ValueError, OSError):
+                ctx.degrade("ranker_failed")
+        if relevance is None:
+            ctx.scores = retrieval_scores(cands)
+            return
+        X = ctx.features
+        score = rs.weight_relevance * _z(relevance)
+        if rs.weight_conversion:
+            score += rs.weight_conversion * _z(np.log(X[:, FEATURE_INDEX["item_buy_rate"]]))
+        if rs.weight_price:
+            score += rs.weight_price * _z(X[:, FEATURE_INDEX["item_log_price"]])
+        ctx.scores = score.astype(np.float32)
+
+
+class Rerank:
+    """New-item boost → MMR diversity over item vectors → brand/seller/category caps →
+    Thompson-sampled exploration slots for new items → the requested page."""
+
+    name = "rerank"
+
+    def __init__(self, view: CatalogView, settings: Settings) -> None:
+        self.view, self.settings = view, settings
+
+    def __call__(self, ctx: RequestContext) -> None:
+        v, rr = self.view, self.settings.rerank
+        cands = ctx.candidates
+        k = ctx.offset + ctx.count
+        scores = ctx.scores.astype(np.float32).copy()
+        if len(cands) == 0:
+            ctx.selected = np.zeros(0, np.int32)
+            ctx.explored = np.zeros(0, np.uint8)
+            return
+        age_days = (ctx.now - v.created_at[cands.rows]).astype(np.float32) / np.float32(DAY)
+        is_new = (age_days >= 0) & (age_days < rr.new_item_days)
+        if rr.new_item_boost and is_new.any():
+            scores = _z(scores) + np.where(is_new, rr.new_item_boost * (1.0 - age_days / rr.new_item_days), 0.0).astype(np.float32)
+        pool = topk(scores, max(rr.mmr_pool, k))
+        vectors = np.ascontiguousarray(v.vectors[cands.rows[pool]], dtype=np.float32)
+        order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), np.float32(rr.mmr_lambda))]
+        rows = cands.rows
+        picked, _relaxed = select_with_caps(
+            order.astype(np.int32), v.brand[rows].astype(np.int32), v.seller[rows].astype(np.int32),
+            v.category[rows].astype(np.int32), rr.max_per_brand, rr.max_per_seller, rr.max_per_category, k,
+        )
+        explored = np.zeros(len(picked), np.uint8)
+        slots = np.asarray([s for s in rr.explore_slots if s < k], np.int32)
+        new_pos = np.flatnonzero(is_new)
+        if len(slots) and len(new_pos):
+            a, b = rr.explore_prior
+            draw = thompson_scores(
+                v.clicks[rows[new_pos]].astype(np.float32), v.impressions[rows[new_pos]].astype(np.float32),
+                np.float32(a), np.float32(b), np.int64(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF),
+            )
+            ranked_new = new_pos[np.argsort(-draw, kind="stable")].astype(np.int32)
+            final = place_exploration(picked.astype(np.int32), ranked_new, slots, k)
+            explored = np.isin(final, ranked_new[: len(slots) * 2]) & ~np.isin(final, picked)
+            picked = final
+        ctx.selected = picked[ctx.offset : k].astype(np.int32)
+        ctx.explored = np.asarray(explored, np.uint8)[ctx.offset : k]
+
+
+REASON_PRIORITY = {
+    "home": ("covisit", "copurchase", "ann", "category_popular", "trending", "new", "similar", "coview", "complements", "popular"),
+    "pdp": ("coview", "similar", "copurchase", "category_popular", "covisit", "ann", "trending", "new", "complements", "popular"),
+    "cart": ("copurchase", "complements", "coview", "similar", "category_popular", "covisit", "ann", "trending", "new", "popular"),
+}
+
+
+class Explain:
+    """A reason for every item, from the strongest source that proposed it and its anchor item."""
+
+    def __init__(self, view: CatalogView) -> None:
+        self.view = view
+        self.bundle = view.bundle
+        self.leaf = [p.split("/")[-1] if p else "" for p in self.bundle.vocab.category_path]
+        self.regions = self.bundle.vocab.regions
+
+    def __call__(self, ctx: RequestContext, position: int, explored: bool) -> tuple[str, str]:
+        cands = ctx.candidates
+        if explored:
+            return "new", "New arrival"
+        proposed = cands.source_scores[position] > 0
+        source = next(
+            (s for s in REASON_PRIORITY[ctx.surface] if proposed[SOURCE_ID[s]]),
+            SOURCE_NAMES[int(cands.source[position])],
+        )
+        anchor = int(cands.anchors[position, SOURCE_ID[source]])
+        title = self.bundle.title(anchor) if anchor >= 0 else ""
+        row = int(cands.rows[position])
+        category = self.leaf[int(self.view.category[row])]
+        region = self.regions[ctx.region] if 0 < ctx.region < len(self.regions) else ""
+        if source in ("covisit", "coview") and title:
+            return source, f"Because you viewed {title}"
+        if source == "copurchase" and title:
+            return source, f"Frequently bought with {title}"
+        if source == "similar" and title:
+            return source, f"Similar to {title}"
+        if source == "ann":
+            return source, "Picked for you"
+        if source == "trending":
+            return source, f"Trending in {region}" if region else f"Trending in {category}"
+        if source == "category_popular":
+            return source, f"Popular in {category}"
+        if source == "complements":
+            return source, "Goes with your cart"
+        if source == "new":
+            return source, "New arrival"
+        return "popular", "Popular"
+
+
+def timed(stage: Stage, ctx: RequestContext, *args: object) -> None:
+    t0 = time.perf_counter()
+    stage(ctx, *args)  # type: ignore[call-arg]
+    ctx.timings[stage.name] = time.perf_counter() - t0
