@@ -42,17 +42,43 @@ ENCODER = msgspec.msgpack.Encoder()
 DECODER = msgspec.msgpack.Decoder(ShopperRecord)
 
 
+# LMDB allows one environment per file per process: handles over the same file share it.
+_OPEN: dict[str, tuple[lmdb.Environment, int]] = {}
+
+
+def _acquire(path: Path, map_size: int) -> lmdb.Environment:
+    key = str(path.resolve())
+    if key in _OPEN:
+        env, refs = _OPEN[key]
+        _OPEN[key] = (env, refs + 1)
+        return env
+    try:
+        env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, map_size=map_size, max_dbs=0)
+    except lmdb.Error as exc:
+        raise BundleCorruptError(f"{path}: cannot open shopper snapshot: {exc}") from exc
+    _OPEN[key] = (env, 1)
+    return env
+
+
+def _release(path: Path) -> None:
+    key = str(path.resolve())
+    env, refs = _OPEN.get(key, (None, 0))
+    if env is None:
+        return
+    if refs > 1:
+        _OPEN[key] = (env, refs - 1)
+    else:
+        del _OPEN[key]
+        env.close()
+
+
 class ShopperSnapshot:
     """Read-only access to the snapshot. One transaction per lookup (≈1 µs to begin, STACK-NOTES)."""
 
     def __init__(self, path: Path, map_size: int) -> None:
-        try:
-            self._env = lmdb.open(
-                str(path), subdir=False, readonly=True, lock=False, readahead=False, map_size=map_size, max_dbs=0
-            )
-        except lmdb.Error as exc:
-            raise BundleCorruptError(f"{path}: cannot open shopper snapshot: {exc}") from exc
+        self._env = _acquire(path, map_size)
         self.path = path
+        self._closed = False
 
     def get(self, user_id: str) -> ShopperRecord | None:
         key = user_id.encode("utf-8")
@@ -71,4 +97,6 @@ class ShopperSnapshot:
         return int(self._env.stat()["entries"])
 
     def close(self) -> None:
-        self._env.close()
+        if not self._closed:
+            self._closed = True
+            _release(self.path)

@@ -67,7 +67,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from builder.demo import run_demo
 
-    return run_demo(scale=args.scale, workdir=Path(args.workdir), seed=args.seed, rebuild=args.rebuild)
+    return run_demo(scale=args.scale, workdir=Path(args.workdir), seed=args.seed, rebuild=args.rebuild, port=args.port, once=args.once)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,34 +115,47 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--workdir", default=".aisle", help="where the demo keeps its data and bundles")
     s.add_argument("--rebuild", action="store_true", help="build a new bundle even if one exists")
+    s.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
+    s.add_argument("--once", action="store_true", help="show the slates, then stop the server and exit")
     s.set_defaults(func=_cmd_demo)
     return p
 
 
+# Errors that mean "the input or the environment is wrong", reported in one line. Looked up in
+# sys.modules after the fact, so `aisle serve` never imports the training stack just to name them.
+KNOWN_ERRORS = (
+    ("artifacts.errors", "BundleError"),
+    ("builder.config", "ConfigError"),
+    ("engine.settings", "SettingsError"),
+    ("builder.ingest.errors", "InputError"),
+    ("builder.build", "BuildError"),
+    ("builder.index", "IndexBuildError"),
+    ("builder.ranker", "RankerBuildError"),
+)
+
+
+def _known(exc: BaseException) -> bool:
+    if isinstance(exc, (FileExistsError, FileNotFoundError)):
+        return True
+    for module, name in KNOWN_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from artifacts.errors import BundleError
-    from builder.config import ConfigError
-    from engine.settings import SettingsError
-
-    known: tuple[type[BaseException], ...] = (BundleError, ConfigError, SettingsError, FileExistsError, FileNotFoundError)
-    try:
-        from builder.ingest import InputError
-
-        known += (InputError,)
-        from builder.build import BuildError
-
-        known += (BuildError,)
-    except ImportError:  # serving-only install: no build extras
-        pass
     try:
         return int(args.func(args))
-    except known as exc:
-        print(f"aisle {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"aisle {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _known(exc):
+            raise
+        print(f"aisle {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -234,8 +234,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
+    too_large = declared is not None and declared.isdigit() and int(declared) > limit
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -244,11 +243,19 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise BadRequest("client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
+        # An oversized body is still drained (up to DRAIN_LIMIT) before the 413 goes out: a client
+        # that is mid-upload when the connection closes sees a reset, not our answer.
         if size > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+            too_large = True
+        if too_large:
+            if size > DRAIN_LIMIT or not message.get("more_body", False):
+                raise TooLarge(f"body is {declared or f'over {size}'} bytes; the limit is {limit}")
+            continue
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
+
+DRAIN_LIMIT = 16 << 20
 
 app = App()

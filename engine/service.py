@@ -28,6 +28,9 @@ from engine.schemas import Event, EventRejection, EventsResponse, RecommendedIte
 from engine.settings import Settings
 from engine.shopper import Shopper
 from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
+from kernels import caps as kernels_caps
+from kernels import explore as kernels_explore
+from kernels import mmr as kernels_mmr
 
 LIST_PARAMS = frozenset({"cart", "recent", "exclude", "block_brands", "block_sellers"})
 CURSOR_PREFIX = "c1."
@@ -214,6 +217,8 @@ class Recommender:
     def warm(self) -> None:
         """Compile (or load from cache) every kernel and touch every part on each surface path,
         so no shopper's request pays a JIT compile or a cold page fault storm."""
+        for kernel_module in (kernels_mmr, kernels_caps, kernels_explore):
+            kernel_module.warm()  # kernels a warm-up request may not reach (e.g. no new items)
         anchor = [self.view.bundle.items.id_of(int(self.view.popular[0]))] if len(self.view.popular) else []
         for surface in ("home", "pdp", "cart"):
             if surface != "home" and not anchor:

@@ -148,24 +148,26 @@ class FilterCandidates:
         ctx.candidates = cands
 
     def _backfill(self, ctx: RequestContext, cands: Candidates, need: int) -> Candidates:
-        """Popular items (then any in-stock items) not yet present, filtered by the same rules."""
+        """Popular items not yet present, filtered by the same rules; when even those run short (a
+        heavily filtered request or a catalog mostly out of stock), any item that passes."""
         v = self.view
+        short = need - len(cands)
         pool = np.asarray(v.popular, dtype=np.int32)[: self.settings.retrieval.backfill]
-        if len(pool) < need * 4:  # a tiny or heavily filtered catalog: widen to every item
-            pool = np.concatenate([pool, np.arange(v.n_items, dtype=np.int32)])
         pool = pool[~np.isin(pool, cands.rows)]
-        _, first = np.unique(pool, return_index=True)
-        pool = pool[np.sort(first)]
-        pool = pool[self._mask(ctx, pool)][: need - len(cands) + ctx.count]
+        pool = pool[self._mask(ctx, pool)]
+        if len(pool) < short:
+            rest = np.arange(v.n_items, dtype=np.int32)
+            rest = rest[~np.isin(rest, cands.rows) & ~np.isin(rest, pool)]
+            pool = np.concatenate([pool, rest[self._mask(ctx, rest)]])
+        pool = pool[: short + ctx.count]
         n_sources = cands.source_scores.shape[1]
         scores = np.zeros((len(pool), n_sources), np.float32)
         scores[:, BACKFILL_SOURCE] = 1e-3 / (1.0 + np.arange(len(pool), dtype=np.float32))
-        extra = Candidates(pool, scores, np.full(len(pool), BACKFILL_SOURCE, np.uint8), np.full((len(pool), n_sources), -1, np.int32))
         return Candidates(
-            np.concatenate([cands.rows, extra.rows]),
-            np.concatenate([cands.source_scores, extra.source_scores]),
-            np.concatenate([cands.source, extra.source]),
-            np.concatenate([cands.anchors, extra.anchors]),
+            np.concatenate([cands.rows, pool]),
+            np.concatenate([cands.source_scores, scores]),
+            np.concatenate([cands.source, np.full(len(pool), BACKFILL_SOURCE, np.uint8)]),
+            np.concatenate([cands.anchors, np.full((len(pool), n_sources), -1, np.int32)]),
         )
 
 
@@ -254,7 +256,7 @@ class Rerank:
             scores = _z(scores) + np.where(is_new, rr.new_item_boost * (1.0 - age_days / rr.new_item_days), 0.0).astype(np.float32)
         pool = topk(scores, max(rr.mmr_pool, k))
         vectors = np.ascontiguousarray(v.vectors[cands.rows[pool]], dtype=np.float32)
-        order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), np.float32(rr.mmr_lambda))]
+        order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), float(rr.mmr_lambda))]
         rows = cands.rows
         picked, _relaxed = select_with_caps(
             order.astype(np.int32), v.brand[rows].astype(np.int32), v.seller[rows].astype(np.int32),
@@ -267,11 +269,11 @@ class Rerank:
             a, b = rr.explore_prior
             draw = thompson_scores(
                 v.clicks[rows[new_pos]].astype(np.float32), v.impressions[rows[new_pos]].astype(np.float32),
-                np.float32(a), np.float32(b), np.int64(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF),
+                float(a), float(b), int(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF),
             )
             ranked_new = new_pos[np.argsort(-draw, kind="stable")].astype(np.int32)
             final = place_exploration(picked.astype(np.int32), ranked_new, slots, k)
-            explored = np.isin(final, ranked_new[: len(slots) * 2]) & ~np.isin(final, picked)
+            explored = ~np.isin(final, picked)  # everything not in the base list is an exploration pick
             picked = final
         ctx.selected = picked[ctx.offset : k].astype(np.int32)
         ctx.explored = np.asarray(explored, np.uint8)[ctx.offset : k]

@@ -46,10 +46,10 @@ def thompson_scores(successes: np.ndarray, trials: np.ndarray, prior_a: float, p
     np.random.seed(np.uint32(seed & 0xFFFFFFFF))
     out = np.empty(n, dtype=np.float32)
     for i in range(n):
-        s = float(successes[i])
+        s = np.float64(successes[i])  # not float(): in numba that keeps float32
         if not s > 0.0:
             s = 0.0
-        f = float(trials[i]) - s
+        f = np.float64(trials[i]) - s
         if not f > 0.0:
             f = 0.0
         out[i] = np.float32(np.random.beta(_shape(prior_a + s), _shape(prior_b + f)))

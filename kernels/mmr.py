@@ -41,7 +41,7 @@ def mmr_select(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> n
         return np.empty(0, dtype=np.int32)
     if lam >= 1.0:
         return topk(scores, k)
-    w_rel = float(lam) if lam > 0.0 else 0.0  # also maps NaN to 0
+    w_rel = np.float64(lam) if lam > 0.0 else np.float64(0.0)  # also maps NaN to 0
     w_sim = 1.0 - w_rel
     n = min(scores.shape[0], vectors.shape[0])
     d = vectors.shape[1]
@@ -61,11 +61,12 @@ def mmr_select(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> n
     if m == 0:
         return np.empty(0, dtype=np.int32)
     take = min(k, m)
-    span = float(hi) - float(lo)
+    # np.float64, not float(): inside numba float() of a float32 stays float32
+    span = np.float64(hi) - np.float64(lo)
     rel = np.ones(m, dtype=np.float64)
     if span > 0.0:
         for j in range(m):
-            rel[j] = (float(scores[valid[j]]) - float(lo)) / span
+            rel[j] = (np.float64(scores[valid[j]]) - np.float64(lo)) / span
     vt = np.empty((d, m), dtype=np.float32)
     for j in range(m):
         r = valid[j]
@@ -84,7 +85,7 @@ def mmr_select(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> n
                 continue
             obj = w_rel * rel[j]
             if step > 0:
-                obj = obj - w_sim * float(max_sim[j])
+                obj = obj - w_sim * np.float64(max_sim[j])
             s = scores[valid[j]]
             if best < 0 or obj > best_obj or (obj == best_obj and s > best_score):
                 best = j

@@ -1,0 +1,64 @@
+"""The request path in process: hard rules under random stock flags, degradation, and the rules'
+interplay with backfill when most of the catalog is filtered away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from artifacts.bundle import open_bundle
+from engine.schemas import RecommendQuery
+from engine.service import Recommender
+from engine.settings import RankingSettings, Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_bundle: Path) -> Recommender:
+    return Recommender(open_bundle(tiny_bundle / "current"), Settings(), live=None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), stock_share=st.sampled_from([0.02, 0.1, 0.5, 0.95]), surface=st.sampled_from(["home", "pdp", "cart"]))
+def test_random_stock_flags_never_leak_an_out_of_stock_item(recommender: Recommender, seed: int, stock_share: float, surface: str) -> None:
+    rng = np.random.default_rng(seed)
+    view = recommender.view
+    original = view.in_stock
+    view.in_stock = (rng.random(view.n_items) < stock_share).astype(np.uint8)
+    try:
+        user = view.bundle.users.id_of(int(rng.integers(len(view.bundle.users))))
+        anchor = view.bundle.items.id_of(int(rng.integers(view.n_items)))
+        q = RecommendQuery(surface, user_id=user, item_id=anchor if surface == "pdp" else None, cart=[anchor] if surface == "cart" else [], count=20)
+        response, ctx = recommender.run(q, now=view.bundle.manifest.dims["end_ts"])
+        rows = view.bundle.items.rows_of([i.sku for i in response.items])
+        assert view.in_stock[rows].all()
+        assert not np.isin(view.brand[rows], ctx.shopper.blocked_brands).any()
+        # full whenever the catalog allows: as many as there are items that pass every rule
+        stage = recommender.stages[1]
+        servable = int(stage._mask(ctx, np.arange(view.n_items, dtype=np.int32)).sum())
+        assert len(rows) == min(20, servable)
+    finally:
+        view.in_stock = original
+
+
+def test_ranker_disabled_serves_retrieval_order_and_says_so(tiny_bundle: Path) -> None:
+    s = msgspec.structs.replace(Settings(), ranking=RankingSettings(enabled=False))
+    rec = Recommender(open_bundle(tiny_bundle / "current"), s, live=None)
+    response, _ = rec.run(RecommendQuery("home", user_id=rec.view.bundle.users.id_of(0), count=20))
+    assert response.fallback == "ranker_unavailable" and len(response.items) == 20
+
+
+def test_request_filters_restrict_category_and_price(recommender: Recommender) -> None:
+    view = recommender.view
+    path = next(p for p in view.bundle.vocab.category_path if p.count("/") == 0 and p)
+    response, _ = recommender.run(RecommendQuery("home", category=path, price_max=50.0, count=10))
+    rows = view.bundle.items.rows_of([i.sku for i in response.items])
+    paths = [view.bundle.vocab.category_path[c] for c in view.category[rows]]
+    assert all(p == path or p.startswith(path + "/") for p in paths)
+    assert (view.price[rows] * (1 - view.discount[rows]) <= 50.0 + 1e-4).all()
