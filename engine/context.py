@@ -5,6 +5,7 @@ Each stage reads what earlier stages left and writes its own fields; nothing els
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,9 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     filtered: int = 0  # candidates removed by filters
     started: float = 0.0  # perf_counter at decode
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1e3 if self.started else 0.0
 
     @property
     def surface_code(self) -> int:

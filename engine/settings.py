@@ -50,6 +50,14 @@ class RetrievalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
         return {"home": self.home, "pdp": self.pdp, "cart": self.cart}[surface]
 
 
+class DeadlineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The engine's own share of the storefront's 180 ms budget. Optional work is skipped once the
+    # request has used its share: the ranker (retrieval order instead) and MMR (score order).
+    budget_ms: float = 40.0
+    rank_share: float = 0.5  # skip the ranker if this share of the budget is gone before it starts
+    rerank_share: float = 0.8  # skip MMR diversity past this share
+
+
 class RankingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True  # false: serve retrieval order (the ranker-down path, on purpose)
     max_candidates: int = 400  # candidates scored by the ranker (best by retrieval order first)
@@ -104,6 +112,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retrieval: RetrievalSettings = RetrievalSettings()
     ranking: RankingSettings = RankingSettings()
     rerank: RerankSettings = RerankSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
 
 
 def validate(settings: Settings) -> Settings:

@@ -211,10 +211,12 @@ class PredictRanker:
         self.ranker_problem = ranker_problem
 
     def __call__(self, ctx: RequestContext) -> None:
-        cands, rs = ctx.candidates, self.settings.ranking
+        cands, rs, dl = ctx.candidates, self.settings.ranking, self.settings.deadlines
         relevance = None
         if not rs.enabled or self.ranker is None:
             ctx.degrade("ranker_unavailable")
+        elif ctx.elapsed_ms() > dl.budget_ms * dl.rank_share:
+            ctx.degrade("deadline")
         elif len(cands):
             try:
                 relevance = self.ranker.predict(ctx.features)
@@ -255,8 +257,13 @@ class Rerank:
         if rr.new_item_boost and is_new.any():
             scores = _z(scores) + np.where(is_new, rr.new_item_boost * (1.0 - age_days / rr.new_item_days), 0.0).astype(np.float32)
         pool = topk(scores, max(rr.mmr_pool, k))
-        vectors = np.ascontiguousarray(v.vectors[cands.rows[pool]], dtype=np.float32)
-        order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), float(rr.mmr_lambda))]
+        dl = self.settings.deadlines
+        if ctx.elapsed_ms() > dl.budget_ms * dl.rerank_share:
+            ctx.degrade("deadline")
+            order = pool  # score order: diversity is the first thing to give up when late
+        else:
+            vectors = np.ascontiguousarray(v.vectors[cands.rows[pool]], dtype=np.float32)
+            order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), float(rr.mmr_lambda))]
         rows = cands.rows
         picked, _relaxed = select_with_caps(
             order.astype(np.int32), v.brand[rows].astype(np.int32), v.seller[rows].astype(np.int32),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from artifacts.bundle import open_bundle
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
-from engine.settings import RankingSettings, Settings
+from engine.settings import DeadlineSettings, RankingSettings, Settings
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +62,11 @@ def test_request_filters_restrict_category_and_price(recommender: Recommender) -
     paths = [view.bundle.vocab.category_path[c] for c in view.category[rows]]
     assert all(p == path or p.startswith(path + "/") for p in paths)
     assert (view.price[rows] * (1 - view.discount[rows]) <= 50.0 + 1e-4).all()
+
+
+def test_a_spent_budget_skips_the_ranker_and_still_fills_the_slate(tiny_bundle: Path) -> None:
+    s = msgspec.structs.replace(Settings(), deadlines=DeadlineSettings(budget_ms=0.0))
+    rec = Recommender(open_bundle(tiny_bundle / "current"), s, live=None)
+    response, ctx = rec.run(RecommendQuery("home", user_id=rec.view.bundle.users.id_of(1), count=20))
+    assert response.fallback == "deadline" and len(response.items) == 20
+    assert "rank" in ctx.timings and rec.view.in_stock[rec.view.bundle.items.rows_of([i.sku for i in response.items])].all()
