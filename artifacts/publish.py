@@ -52,16 +52,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list is what makes a rename durable)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0))
     try:
         os.fsync(fd)
     finally:
@@ -76,13 +69,13 @@ def inventory(bundle_dir: Path) -> tuple[dict[str, FileEntry], dict[str, ArrayEn
         rel = path.relative_to(bundle_dir).as_posix()
         if rel == layout.MANIFEST:
             continue
-        _fsync_file(path)
+        fsync_path(path)
         files[rel] = FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
         if rel.endswith(".npy"):
             header = np.load(path, mmap_mode="r", allow_pickle=False)
             arrays[rel] = ArrayEntry(dtype=header.dtype.str, shape=list(header.shape))
     for directory in {p.parent for p in bundle_dir.rglob("*")} | {bundle_dir}:
-        _fsync_dir(directory)
+        fsync_path(directory)
     return files, arrays
 
 
@@ -93,10 +86,10 @@ def finalize(staging: Path, manifest: Manifest) -> Path:
         raise PublishError(f"{final} already exists: build ids must be unique")
     manifest_path = staging / layout.MANIFEST
     manifest_path.write_bytes(seal(manifest))
-    _fsync_file(manifest_path)
-    _fsync_dir(staging)
+    fsync_path(manifest_path)
+    fsync_path(staging)
     os.rename(staging, final)
-    _fsync_dir(staging.parent)
+    fsync_path(staging.parent)
     return final
 
 
@@ -114,7 +107,7 @@ def set_current(root: Path, build_id: str) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PublishError(f"cannot move {root / CURRENT}: {exc.strerror}") from exc
-    _fsync_dir(root)
+    fsync_path(root)
     return root / CURRENT
 
 

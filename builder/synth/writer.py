@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from artifacts.publish import fsync_path
 from artifacts.schema import EVENT_TYPE_NAMES, SURFACE_NAMES
 from builder.synth.catalog import Catalog
 from builder.synth.identifiers import make_ids
@@ -260,20 +261,12 @@ def staging_dir(out: Path) -> Path:
     return tmp
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(tmp: Path, out: Path, overwrite: bool, progress: Progress | None = None) -> None:
     """fsync everything under `tmp`, then move it to `out` (replacing `out` only if allowed)."""
     for root, _dirs, files in os.walk(tmp):
         for name in files:
-            _fsync_path(Path(root) / name)
-        _fsync_path(Path(root))
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
     check_destination(out, overwrite)  # again: someone may have written there meanwhile
     old: Path | None = None
     if out.exists():
@@ -283,7 +276,7 @@ def publish(tmp: Path, out: Path, overwrite: bool, progress: Progress | None = N
         else:
             out.rmdir()
     tmp.rename(out)
-    _fsync_path(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old)
     if progress is not None:
