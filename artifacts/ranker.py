@@ -109,6 +109,8 @@ class CompiledRanker:
         split's learned default direction, exactly as LightGBM does). Returns float32 [n].
         O(n × trees × depth), single-threaded; n = 0 returns an empty array.
         """
+        if self._predict_batch is None:
+            raise ValueError(f"{self.path}: ranker library was closed")
         if not isinstance(X, np.ndarray):
             raise ValueError(f"ranker input must be a numpy.ndarray, got {type(X).__name__}")
         if X.dtype != np.float32:
@@ -130,6 +132,18 @@ class CompiledRanker:
             reason = _BATCH_ERRORS.get(code, "unknown error")
             raise RuntimeError(f"{self.path}: aisle_predict_batch failed with code {code}: {reason}")
         return out
+
+    def close(self) -> None:
+        """Unload the library (after a bundle swap, so the old bundle's file is released). The
+        object must not be used afterwards; predict then raises ValueError."""
+        lib = self._lib
+        if lib is None:
+            return
+        self._lib = None
+        self._predict_batch = None
+        import _ctypes  # stdlib; dlclose is not part of the public ctypes API
+
+        _ctypes.dlclose(lib._handle)
 
     def __repr__(self) -> str:
         return f"CompiledRanker({str(self.path)!r}, n_features={self.n_features})"

@@ -9,6 +9,7 @@ worker, one worker per core.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -51,6 +52,8 @@ class Engine:
         self.metrics: Metrics | None = None
         self.problem = "starting"
         self.loaded_at = 0.0
+        self.root: str | None = None  # resolved directory of the bundle being served
+        self.refused: str | None = None  # a `current` target that failed to open: not retried
 
     def start(self) -> None:
         if self.settings is None:
@@ -60,33 +63,81 @@ class Engine:
         state.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics.open(state / "metrics.bin")
         self.live = LiveStore(state)
+        target = self.current_target()
         try:
-            bundle = open_bundle(Path(s.bundles) / "current", verify=s.verify_on_open)  # type: ignore[arg-type]
-            recommender = Recommender(bundle, s, self.live)
-            recommender.warm()
+            recommender = self.load(target, s.verify_on_open)
         except BundleError as exc:
             self.problem = f"no servable bundle: {exc}"
+            self.refused = target
             log.error("worker %d: %s", os.getpid(), self.problem)
             return
-        self.recommender = recommender
-        self.loaded_at = time.time()
-        self.problem = ""
+        self.install(recommender, target)
+
+    def current_target(self) -> str:
+        return os.path.realpath(Path(self.settings.bundles) / "current")  # type: ignore[union-attr]
+
+    def load(self, target: str, verify: str) -> Recommender:
+        """Open, verify, load and warm a bundle. Raises BundleError; touches no serving state, so
+        it can run in a thread while the current bundle keeps serving."""
+        bundle = open_bundle(Path(target), verify=verify)  # type: ignore[arg-type]
+        recommender = Recommender(bundle, self.settings, self.live)  # type: ignore[arg-type]
+        recommender.warm()
+        return recommender
+
+    def install(self, recommender: Recommender, target: str) -> None:
+        """Switch to `recommender` between two requests (this runs on the event loop, and requests
+        run to completion on it, so no request straddles the switch), then release the old one."""
+        old, self.recommender = self.recommender, recommender
+        self.root, self.loaded_at, self.problem, self.refused = target, time.time(), "", None
+        if old is not None:
+            old.close()
+            log.info("worker %d: now serving %s (was %s)", os.getpid(), recommender.build_id, old.build_id)
         report = recommender.load_report
         for part, why in (("ranker", report.ranker), ("index", report.index), ("tower", report.tower), ("snapshot", report.snapshot)):
             if why:
                 log.warning("worker %d: %s unavailable, serving degraded: %s", os.getpid(), part, why)
 
 
+    async def watch(self) -> None:
+        """Follow `current`: when it points somewhere new, load that bundle in a thread and switch.
+        A bundle that fails to open or verify is refused (and counted); the old one keeps serving."""
+        while True:
+            await asyncio.sleep(self.settings.swap_check_seconds)  # type: ignore[union-attr]
+            try:
+                target = self.current_target()
+            except OSError:
+                continue
+            if target in (self.root, self.refused):
+                continue
+            try:
+                recommender = await asyncio.to_thread(self.load, target, self.settings.verify_on_swap)  # type: ignore[union-attr]
+            except BundleError as exc:
+                self.refused = target
+                log.error("worker %d: not switching to %s: %s", os.getpid(), target, exc)
+                if self.metrics is not None:
+                    self.metrics.inc("aisle_bundle_swaps_total", outcome="refused")
+                continue
+            except Exception:  # a bug while loading must not kill the watcher or the worker
+                self.refused = target
+                log.exception("worker %d: loading %s failed", os.getpid(), target)
+                continue
+            self.install(recommender, target)
+            if self.metrics is not None:
+                self.metrics.inc("aisle_bundle_swaps_total", outcome="swapped")
+
+
 class App:
     def __init__(self, settings: Settings | None = None) -> None:
         self.engine = Engine(settings)
         self._started = False
+        self._watcher: asyncio.Task[None] | None = None
 
     def _ensure_started(self) -> None:
         # Granian runs the lifespan protocol; a server that does not gets the same start lazily.
         if not self._started:
             self._started = True
             self.engine.start()
+            self._watcher = asyncio.get_running_loop().create_task(self.engine.watch())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -108,6 +159,8 @@ class App:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._watcher is not None:
+                    self._watcher.cancel()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

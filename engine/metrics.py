@@ -104,6 +104,7 @@ STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "encode
 SOURCES = (*SOURCE_NAMES, "backfill")
 FILTERS = ("out_of_stock_or_blocked_or_excluded", "request_filter")
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
+SWAP_OUTCOMES = ("swapped", "refused")
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -122,6 +123,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("aisle_filtered_total", "counter", "Candidates removed by filters.", (Label("filter", FILTERS),)),
     Family("aisle_short_responses_total", "counter", "Responses with fewer items than asked for.", (Label("surface", SURFACES),)),
     Family("aisle_events_total", "counter", "Shopper events received, by outcome.", (Label("outcome", EVENT_OUTCOMES),)),
+    Family("aisle_bundle_swaps_total", "counter", "Bundle hot swaps attempted by workers, by outcome.", (Label("outcome", SWAP_OUTCOMES),)),
     Family("aisle_bundle_age_seconds", "gauge", "Age of the oldest bundle any live worker serves.", aggregate="max"),
     Family("aisle_bundle_loaded_timestamp_seconds", "gauge", "Earliest time at which a live worker loaded its bundle.", aggregate="min"),
 )

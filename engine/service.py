@@ -124,6 +124,7 @@ class Recommender:
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
         self.load_report = LoadReport(**problems)
+        self.ranker = ranker
         self.live = live
         self.build_id = bundle.build_id
         self.resolve = ResolveShopper(self.view, live, settings.limits.max_recent_items)
@@ -213,6 +214,17 @@ class Recommender:
             next_cursor=f"{CURSOR_PREFIX}{end}" if more else None,
         )
         return response, ctx
+
+    def close(self) -> None:
+        """Release this bundle's files (after a swap, once no request uses it)."""
+        if self.ranker is not None:
+            self.ranker.close()
+            self.ranker = None
+        if self.view.snapshot is not None:
+            self.view.snapshot.close()
+        self.view.snapshot = None
+        self.view.index = None
+        self.view.tower = None
 
     def warm(self) -> None:
         """Compile (or load from cache) every kernel and touch every part on each surface path,

@@ -107,6 +107,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expansion_search: int = 256  # HNSW ef at query time
     verify_at_start: str = "full"  # none | sizes | full: what `aisle serve` checks before starting workers
     verify_on_open: str = "sizes"  # none | sizes | full: what each worker checks when it maps the bundle
+    verify_on_swap: str = "full"  # none | sizes | full: what a worker checks before switching to a new `current`
+    swap_check_seconds: float = 1.0  # how often each worker looks at where `current` points
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
@@ -136,7 +138,9 @@ def validate(settings: Settings) -> Settings:
     lim = settings.limits
     if not 1 <= lim.default_count <= lim.max_count:
         problems.append("limits.default_count must be in [1, limits.max_count]")
-    for key in ("verify_at_start", "verify_on_open"):
+    if not 0.05 <= settings.swap_check_seconds <= 3600:
+        problems.append("swap_check_seconds must be in [0.05, 3600]")
+    for key in ("verify_at_start", "verify_on_open", "verify_on_swap"):
         if getattr(settings, key) not in ("none", "sizes", "full"):
             problems.append(f"{key} must be none, sizes or full")
     if not 1 <= settings.server.workers <= 64:
