@@ -95,7 +95,6 @@ class IngestReport:
 
     rows_read: dict[str, int] = field(default_factory=dict)
     events_unknown_sku: int = 0
-    events_dropped_duplicate_id: int = 0
     ignored_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)  # file name -> sha256
 
