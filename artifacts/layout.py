@@ -43,6 +43,7 @@ USER_IDS = "users/user_id.npy"  # S<w>, ascending
 ITEM_VECTORS = "embeddings/items.npy"  # float32 [n, dim], L2-normalised
 ITEM_INDEX = "index/items.usearch"  # USearch HNSW over ITEM_VECTORS, keys = rows
 USER_TOWER = "models/user_tower.onnx"
+ITEM_TOWER = "models/item_tower.onnx"  # metadata → vector, for SKUs that arrive between builds (optional part)
 RANKER_LIB = "models/ranker.so"
 RANKER_TREELITE = "models/ranker.treelite"
 RANKER_LIGHTGBM = "models/ranker.lgb.txt"

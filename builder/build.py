@@ -203,6 +203,7 @@ def build(
             "ranker_valid_ndcg@10_lightgbm": float(ranker.valid_ndcg_at_10),
             "ranker_parity_max_abs_diff": float(ranker.max_abs_diff_vs_lightgbm),
             "user_tower_onnx_max_abs_diff": float(tower.max_abs_diff_onnx_vs_torch),
+            "item_tower_onnx_max_abs_diff": float(tower.max_abs_diff_item_tower),
             "index_self_hit_rate": float(index_info.self_hit_rate),
             "candidates_per_query": float(data.candidates_mean),
         }

@@ -1,5 +1,6 @@
 """Two-tower retrieval model: train on the behaviour log, vector the whole catalog, export the user
-tower to ONNX (file contract in `artifacts.usertower`).
+tower to ONNX (file contract in `artifacts.usertower`) and the item tower's metadata path to ONNX
+(`artifacts.itemtower`: how the engine embeds a SKU that arrives after the build).
 
 Item tower: L2-normalise( id embedding + MLP(metadata) ).
   - id embedding: only for items with ≥ `id_min_count` training targets; the rest (cold and new
@@ -8,6 +9,9 @@ Item tower: L2-normalise( id embedding + MLP(metadata) ).
   - metadata: embeddings of category node, department (`cat_top`), brand, seller and a log-price
     quantile bucket (NaN price has its own bucket), plus a linear projection of `text_embedding`
     when the store has one; concatenated → Linear → ReLU → Linear.
+  - export (`ItemMetadataTower`, item_tower.onnx): L2-normalise(MLP(metadata)), i.e. the vector of
+    an item without an id embedding, with the price bucketing and code clamping inside the graph;
+    verified against the stored vectors of the catalog's cold items.
 User tower: reads the item tower's OUTPUTS for the L most recent interactions (so serving can feed
 the bundle's item vectors) and [region, device]; recency embeddings, attention pooling with a
 context-dependent query, masked mean and the newest item → MLP (+ the pooled vector) → normalise.
@@ -23,6 +27,7 @@ among the targets, with accidental hits (another row's positive is the same item
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -37,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from artifacts import itemtower as item_file
+from artifacts.itemtower import ItemTower as OnnxItemTower
 from artifacts.schema import EventType
 from artifacts.usertower import (
     FORMAT_VERSION,
@@ -55,6 +62,7 @@ from builder.store import Store
 Progress = Callable[[str, int, int], None]
 
 ONNX_FILE = "user_tower.onnx"
+ITEM_ONNX_FILE = "item_tower.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference ONNX Runtime vs torch accepted at export
 POSITIVE_TYPES = (int(EventType.CLICK), int(EventType.ADD_TO_CART), int(EventType.PURCHASE))
 PRICE_BUCKETS = 16  # log-price quantile buckets; bucket PRICE_BUCKETS is "price unknown"
@@ -63,6 +71,7 @@ PRICE_BUCKETS = 16  # log-price quantile buckets; bucket PRICE_BUCKETS is "price
 MASK_VALUE = -1e9
 CONTEXT_WIDTH = 16  # width of the region and device embeddings each
 _ITEM_CHUNK = 65_536  # items per forward pass when vectoring the whole catalog
+_VERIFY_COLD_ITEMS = 8_192  # cold catalog items (a random sample) checked against the exported item tower
 
 
 class TwoTowerError(Exception):
@@ -86,6 +95,8 @@ class TwoTowerResult:
     stopped_by_budget: bool = False  # max_seconds ran out before `epochs`
     train_seconds: float = 0.0
     exporter: str = ""  # "dynamo" or "torchscript"
+    item_tower_path: Path | None = None  # out_dir/item_tower.onnx (metadata path, for new SKUs)
+    max_abs_diff_item_tower: float = 0.0  # ONNX item tower vs stored cold-item vectors and vs torch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +237,146 @@ class ItemTower(nn.Module):
         return _normalise(out + ids)
 
 
+def _price_thresholds(edges: np.ndarray) -> np.ndarray:
+    """float32 [len(edges)] prices t_k such that, for every float32 price p ≥ 0,
+    `p >= t_k`  ⇔  `log1p(float64(p)) >= edges[k]`: the bucket of `price_buckets` is then the count
+    of thresholds ≤ p, computed in float32 inside the ONNX graph with the builder's exact result."""
+    out = np.empty(len(edges), dtype=np.float32)
+    for k, edge in enumerate(np.asarray(edges, dtype=np.float64)):
+        p = np.float32(min(max(np.expm1(edge), 0.0), np.finfo(np.float32).max))
+        lower = np.nextafter(p, np.float32(0))
+        while p > 0 and np.log1p(np.float64(lower)) >= edge:
+            p, lower = lower, np.nextafter(lower, np.float32(0))
+        while np.log1p(np.float64(p)) < edge and np.isfinite(p):
+            p = np.nextafter(p, np.float32(np.inf))
+        out[k] = p
+    return out
+
+
+def _fill_unused(table: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """Embedding rows that no catalog item uses (never trained) → the item-weighted mean row."""
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=table.shape[0]).astype(np.float64)
+    table = table.detach().clone()
+    unused = torch.from_numpy(counts == 0)
+    if unused.any() and counts.sum() > 0:
+        mean = torch.from_numpy(counts / counts.sum()).to(table.dtype) @ table
+        table[unused] = mean
+    return table
+
+
+def _fill_unused_categories(table: torch.Tensor, codes: np.ndarray, parent: np.ndarray) -> torch.Tensor:
+    """Category rows no catalog item uses → the item-weighted mean row of the item categories in
+    the node's subtree (an inner node stands for its leaves; the root for the whole catalog), or of
+    the nearest ancestor that has one."""
+    n = table.shape[0]
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=n).astype(np.float64)
+    parent = np.asarray(parent, dtype=np.int64)
+    up = np.full(n, -1, dtype=np.int64)  # nodes beyond the tree (codes past the vocab) hang off nothing
+    up[: min(n, len(parent))] = parent[:n]
+    up[(up < 0) | (up >= n)] = -1
+    up[np.arange(n) == up] = -1
+    weights = table.detach().to(torch.float64).numpy()
+    sub_sum = np.zeros_like(weights)
+    sub_count = np.zeros(n)
+    for node in np.flatnonzero(counts):
+        a, steps = int(node), 0
+        while a >= 0 and steps <= n:  # steps: a malformed (cyclic) parent array cannot loop forever
+            sub_sum[a] += counts[node] * weights[node]
+            sub_count[a] += counts[node]
+            a, steps = int(up[a]), steps + 1
+    total = counts.sum()
+    overall = (counts @ weights) / total if total > 0 else np.zeros(weights.shape[1])
+    table = table.detach().clone()
+    for node in np.flatnonzero(counts == 0):
+        a, steps = int(node), 0
+        while a >= 0 and sub_count[a] == 0 and steps <= n:
+            a, steps = int(up[a]), steps + 1
+        row = sub_sum[a] / sub_count[a] if a >= 0 and sub_count[a] > 0 else overall
+        table[node] = torch.from_numpy(row).to(table.dtype)
+    return table
+
+
+class ItemMetadataTower(nn.Module):
+    """The exported item tower for items WITHOUT an id embedding (cold catalog items, new SKUs):
+    (category, cat_top, brand, seller int64 [B], price float32 [B][, text float32 [B, T]]) →
+    L2-normalise(MLP(fields)) float32 [B, dim] (file contract: `artifacts.itemtower`).
+
+    A frozen copy of a trained `ItemTower`'s metadata path. Raw fields go in: the graph buckets the
+    price (float32 thresholds equivalent to `price_buckets`' edges), maps out-of-range codes to 0 and
+    non-finite text to 0. Embedding rows never used by a catalog item are replaced by trained means
+    (`_fill_unused`, `_fill_unused_categories`), which leaves every catalog item's vector unchanged.
+    Traceable by torch.onnx (no data-dependent Python control flow).
+    """
+
+    def __init__(self, items: ItemTower, store: Store) -> None:
+        super().__init__()
+        cat = store.items
+        _, edges = price_buckets(cat.price)
+
+        def frozen(table: torch.Tensor) -> nn.Embedding:
+            return nn.Embedding.from_pretrained(table, freeze=True)
+
+        self.category_embedding = frozen(
+            _fill_unused_categories(items.category_embedding.weight, cat.category, store.categories.parent)
+        )
+        self.department_embedding = frozen(_fill_unused(items.department_embedding.weight, cat.cat_top))
+        self.brand_embedding = frozen(_fill_unused(items.brand_embedding.weight, cat.brand))
+        self.seller_embedding = frozen(_fill_unused(items.seller_embedding.weight, cat.seller))
+        self.price_embedding = frozen(_fill_unused(items.price_embedding.weight, items.price.numpy()))
+        self.n_categories = self.category_embedding.num_embeddings
+        self.n_brands = self.brand_embedding.num_embeddings
+        self.n_sellers = self.seller_embedding.num_embeddings
+        self.dim = items.id_embedding.embedding_dim
+        self.text_dim = 0
+        self.text_projection: nn.Linear | None = None
+        if items.text_projection is not None:
+            self.text_projection = copy.deepcopy(items.text_projection)
+            self.text_dim = self.text_projection.in_features
+        self.mlp = copy.deepcopy(items.mlp)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        # No known price: one unreachable threshold keeps the graph's reduction non-empty (bucket 0).
+        thresholds = _price_thresholds(edges) if len(edges) else np.array([np.inf], dtype=np.float32)
+        self.register_buffer("price_thresholds", torch.from_numpy(thresholds))
+
+    @staticmethod
+    def _clamp(codes: torch.Tensor, size: int) -> torch.Tensor:
+        return torch.where((codes >= 0) & (codes < size), codes, torch.zeros_like(codes))
+
+    def forward(
+        self,
+        category: torch.Tensor,
+        cat_top: torch.Tensor,
+        brand: torch.Tensor,
+        seller: torch.Tensor,
+        price: torch.Tensor,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        bucket = (price.unsqueeze(-1) >= self.price_thresholds).sum(dim=-1)
+        known = (price >= 0.0) & (price <= float(np.finfo(np.float32).max))  # False for NaN and inf
+        bucket = torch.where(known, bucket, torch.full_like(bucket, PRICE_BUCKETS))
+        fields = [
+            self.category_embedding(self._clamp(category, self.n_categories)),
+            self.department_embedding(self._clamp(cat_top, self.n_categories)),
+            self.brand_embedding(self._clamp(brand, self.n_brands)),
+            self.seller_embedding(self._clamp(seller, self.n_sellers)),
+            self.price_embedding(bucket),
+        ]
+        if self.text_projection is not None:
+            if text is None:
+                raise TwoTowerError("this item tower was trained with text embeddings: pass text [B, T]")
+            text = torch.where(torch.isfinite(text), text, torch.zeros_like(text))
+            fields.append(self.text_projection(text))
+        return _normalise(self.mlp(torch.cat(fields, dim=-1)))
+
+    def example_inputs(self, batch: int = 3) -> tuple[torch.Tensor, ...]:
+        codes = torch.zeros(batch, dtype=torch.int64)
+        inputs = (codes, codes.clone(), codes.clone(), codes.clone(), torch.ones(batch))
+        if self.text_projection is not None:
+            inputs += (torch.zeros(batch, self.text_dim),)
+        return inputs
+
+
 class UserTowerModel(nn.Module):
     """(hist float32 [B,L,D], hist_mask float32 [B,L], context int64 [B,2]) → float32 [B,D].
 
@@ -318,11 +469,13 @@ def item_vectors(items: ItemTower, n_items: int, progress: Progress | None = Non
 def train_two_tower(
     store: Store, config: TwoTowerConfig, until_ts: int, out_dir: Path, progress: Progress | None = None
 ) -> TwoTowerResult:
-    """Train on events with ts < until_ts; write out_dir/user_tower.onnx; vector every item.
+    """Train on events with ts < until_ts; write out_dir/user_tower.onnx and out_dir/item_tower.onnx;
+    vector every item.
 
     Deterministic for a given store, config and seed (on one thread; torch's multi-threaded
     reductions may differ in the last bits). Raises TwoTowerError when there is nothing to train on
-    or the exported graph disagrees with torch by more than ONNX_TOLERANCE.
+    or an exported graph disagrees with torch (or, for the item tower, with the stored vectors of
+    the cold items) by more than ONNX_TOLERANCE.
     """
     started = time.perf_counter()
     n_items = len(store.items)
@@ -369,6 +522,16 @@ def train_two_tower(
             diff = verify_user_tower(users, onnx_path, vectors, ex, config.seed)
             if progress is not None:
                 progress("two_tower: verify onnx", 1, 1)
+                progress("two_tower: export item tower", 0, 1)
+            metadata_tower = ItemMetadataTower(items, store).eval()
+            item_onnx_path = out_dir / ITEM_ONNX_FILE
+            export_item_tower(metadata_tower, item_onnx_path)
+            if progress is not None:
+                progress("two_tower: export item tower", 1, 1)
+                progress("two_tower: verify item tower", 0, 1)
+            item_diff = verify_item_tower(metadata_tower, item_onnx_path, vectors, store, ~id_known, config.seed)
+            if progress is not None:
+                progress("two_tower: verify item tower", 1, 1)
     finally:
         torch.set_num_threads(previous_threads)
     return TwoTowerResult(
@@ -387,6 +550,8 @@ def train_two_tower(
         stopped_by_budget=stopped,
         train_seconds=train_seconds,
         exporter=exporter,
+        item_tower_path=item_onnx_path,
+        max_abs_diff_item_tower=item_diff,
     )
 
 
@@ -460,8 +625,6 @@ def export_user_tower(users: UserTowerModel, history_len: int, dim: int, path: P
             _export_torchscript(users, example, path)
         except Exception as second:
             raise TwoTowerError(f"ONNX export failed: dynamo: {first!r}; torchscript: {second!r}") from second
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
     meta = {
         META_FORMAT: str(FORMAT_VERSION),
         META_HISTORY_LEN: str(history_len),
@@ -470,6 +633,43 @@ def export_user_tower(users: UserTowerModel, history_len: int, dim: int, path: P
         META_N_DEVICES: str(users.n_devices),
         "aisle.exporter": exporter,
     }
+    _finish_onnx(path, meta)
+    return exporter
+
+
+def export_item_tower(tower: ItemMetadataTower, path: Path) -> str:
+    """Write the metadata-only item tower as one self-contained ONNX file with a dynamic batch
+    (contract: `artifacts.itemtower`); → exporter used (dynamo first, TorchScript as fallback)."""
+    example = tower.example_inputs()
+    names = list(item_file.INPUT_NAMES) + ([item_file.TEXT_INPUT] if tower.text_projection is not None else [])
+    path.unlink(missing_ok=True)
+    exporter = "dynamo"
+    try:
+        _export_dynamo(tower, example, path, names, item_file.OUTPUT_NAME)
+    except Exception as first:  # the exporter raises many types; the fallback reports both
+        exporter = "torchscript"
+        try:
+            _export_torchscript(tower, example, path, names, item_file.OUTPUT_NAME)
+        except Exception as second:
+            raise TwoTowerError(f"item tower ONNX export failed: dynamo: {first!r}; torchscript: {second!r}") from second
+    meta = {
+        item_file.META_FORMAT: str(item_file.FORMAT_VERSION),
+        item_file.META_DIM: str(tower.dim),
+        item_file.META_TEXT_DIM: str(tower.text_dim),
+        item_file.META_N_CATEGORIES: str(tower.n_categories),
+        item_file.META_N_BRANDS: str(tower.n_brands),
+        item_file.META_N_SELLERS: str(tower.n_sellers),
+        "aisle.price_buckets": str(PRICE_BUCKETS),  # informative: bucketing happens inside the graph
+        "aisle.exporter": exporter,
+    }
+    _finish_onnx(path, meta)
+    return exporter
+
+
+def _finish_onnx(path: Path, meta: dict[str, str]) -> None:
+    """Check the exported graph, replace its metadata_props with `meta`, save it as one file."""
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
@@ -477,10 +677,15 @@ def export_user_tower(users: UserTowerModel, history_len: int, dim: int, path: P
     onnx.save_model(model, str(path), save_as_external_data=False)
     for stray in path.parent.glob(path.name + ".data"):  # dynamo writes one when weights are large
         stray.unlink()
-    return exporter
 
 
-def _export_dynamo(users: UserTowerModel, example: tuple[torch.Tensor, ...], path: Path) -> None:
+def _export_dynamo(
+    users: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str] | tuple[str, ...] = INPUT_NAMES,
+    output_name: str = OUTPUT_NAME,
+) -> None:
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         # Noise from the exporter itself (renamed shared axis, pytree deprecations), not our model.
@@ -496,17 +701,23 @@ def _export_dynamo(users: UserTowerModel, example: tuple[torch.Tensor, ...], pat
                 str(path),
                 dynamo=True,
                 external_data=False,
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                input_names=list(input_names),
+                output_names=[output_name],
+                dynamic_shapes=tuple({0: batch} for _ in example),
                 verbose=False,
             )
         finally:
             onnx_logger.setLevel(level)
 
 
-def _export_torchscript(users: UserTowerModel, example: tuple[torch.Tensor, ...], path: Path) -> None:
-    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+def _export_torchscript(
+    users: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str] | tuple[str, ...] = INPUT_NAMES,
+    output_name: str = OUTPUT_NAME,
+) -> None:
+    axes = {name: {0: "batch"} for name in (*input_names, output_name)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -514,8 +725,8 @@ def _export_torchscript(users: UserTowerModel, example: tuple[torch.Tensor, ...]
             example,
             str(path),
             dynamo=False,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
+            input_names=list(input_names),
+            output_names=[output_name],
             dynamic_axes=axes,
             opset_version=17,
         )
@@ -558,4 +769,82 @@ def verify_user_tower(
             worst = max(worst, float(np.abs(got - expected).max()))
     if worst > ONNX_TOLERANCE:
         raise TwoTowerError(f"{path}: ONNX Runtime differs from torch by {worst:.3g} (> {ONNX_TOLERANCE})")
+    return worst
+
+
+def verify_item_tower(
+    tower: ItemMetadataTower,
+    path: Path,
+    vectors: np.ndarray,
+    store: Store,
+    cold: np.ndarray,
+    seed: int,
+) -> float:
+    """Max abs difference of the ONNX item tower (through the serving wrapper) from
+      - the stored vectors of a random sample of ≤ _VERIFY_COLD_ITEMS cold items (bool [n_items]
+        `cold`: no id embedding), fed their raw catalog fields, and
+      - the torch `ItemMetadataTower` on warm items' fields and on random inputs (batch 1 and 17)
+        with out-of-range codes, NaN / negative / infinite prices and non-finite text.
+    Raises TwoTowerError above ONNX_TOLERANCE or on non-finite output."""
+    onnx_tower = OnnxItemTower(path, threads=1)
+    if (onnx_tower.dim, onnx_tower.text_dim) != (tower.dim, tower.text_dim):
+        raise TwoTowerError(
+            f"{path}: exported (dim, text_dim) = {(onnx_tower.dim, onnx_tower.text_dim)}, model {(tower.dim, tower.text_dim)}"
+        )
+    items = store.items
+    rng = np.random.default_rng(seed)
+    has_text = tower.text_projection is not None
+
+    def fields(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = (items.category[rows], items.cat_top[rows], items.brand[rows], items.seller[rows], items.price[rows])
+        return out + ((items.text_embedding[rows],) if has_text else ())
+
+    def run(inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        got = onnx_tower.embed(*inputs[:5], inputs[5] if has_text else None)
+        if not np.isfinite(got).all():
+            raise TwoTowerError(f"{path}: ONNX item tower gives non-finite vectors")
+        return got
+
+    def torch_vectors(inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        tensors = [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in inputs[:4]]
+        tensors += [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in inputs[4:]]
+        with torch.no_grad():
+            return tower(*tensors).numpy()
+
+    worst_cold = 0.0
+    cold_rows = np.flatnonzero(cold)
+    if len(cold_rows) > _VERIFY_COLD_ITEMS:
+        cold_rows = np.sort(rng.choice(cold_rows, _VERIFY_COLD_ITEMS, replace=False))
+    if len(cold_rows):
+        worst_cold = float(np.abs(run(fields(cold_rows)) - vectors[cold_rows]).max())
+    if worst_cold > ONNX_TOLERANCE:
+        raise TwoTowerError(
+            f"{path}: ONNX item tower differs from the stored vectors of cold items by {worst_cold:.3g} (> {ONNX_TOLERANCE})"
+        )
+
+    cases = []
+    warm_rows = np.flatnonzero(~cold)
+    if len(warm_rows):
+        cases.append(fields(np.sort(rng.choice(warm_rows, min(len(warm_rows), 256), replace=False))))
+    for b in (1, 17):
+        rand = (
+            rng.integers(-2, tower.n_categories + 3, b),
+            rng.integers(-2, tower.n_categories + 3, b),
+            rng.integers(-2, tower.n_brands + 3, b),
+            rng.integers(-2, tower.n_sellers + 3, b),
+            np.exp(rng.normal(3.0, 2.0, b)).astype(np.float32),
+        )
+        rand[4][rng.random(b) < 0.3] = np.nan
+        if b > 3:
+            rand[4][:3] = (-1.0, np.inf, 0.0)
+        if has_text:
+            text = rng.standard_normal((b, tower.text_dim)).astype(np.float32)
+            text[0, 0] = np.nan
+            rand += (text,)
+        cases.append(rand)
+    worst = worst_cold
+    for inputs in cases:
+        worst = max(worst, float(np.abs(run(inputs) - torch_vectors(inputs)).max()))
+    if worst > ONNX_TOLERANCE:
+        raise TwoTowerError(f"{path}: ONNX item tower differs from torch by {worst:.3g} (> {ONNX_TOLERANCE})")
     return worst

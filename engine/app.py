@@ -24,11 +24,11 @@ from artifacts.bundle import open_bundle
 from artifacts.featurespec import SOURCE_NAMES
 from artifacts.errors import BundleError
 from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
-from engine.live import LiveStore
+from engine.eventlog import EventLog, EventLogError
 from engine.metrics import STATUSES, Metrics
 from engine.openapi import openapi_document
 from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health
-from engine.service import Recommender, decode_query, ingest_events
+from engine.service import Recommender, decode_query
 from engine.settings import Settings, from_environment
 
 log = logging.getLogger("aisle.engine")
@@ -43,12 +43,12 @@ STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank")
 
 
 class Engine:
-    """State of one worker: settings, the loaded recommender (or why not), live store, metrics."""
+    """State of one worker: settings, the loaded recommender (or why not), event log, metrics."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
         self.recommender: Recommender | None = None
-        self.live: LiveStore | None = None
+        self.events: EventLog | None = None
         self.metrics: Metrics | None = None
         self.problem = "starting"
         self.loaded_at = 0.0
@@ -62,7 +62,7 @@ class Engine:
         state = Path(s.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics.open(state / "metrics.bin")
-        self.live = LiveStore(state)
+        self.events = EventLog(state, half_life_s=s.events.half_life_s, recent_limit=s.events.recent_limit)
         target = self.current_target()
         try:
             recommender = self.load(target, s.verify_on_open)
@@ -80,7 +80,7 @@ class Engine:
         """Open, verify, load and warm a bundle. Raises BundleError; touches no serving state, so
         it can run in a thread while the current bundle keeps serving."""
         bundle = open_bundle(Path(target), verify=verify)  # type: ignore[arg-type]
-        recommender = Recommender(bundle, self.settings, self.live)  # type: ignore[arg-type]
+        recommender = Recommender(bundle, self.settings, self.events)  # type: ignore[arg-type]
         recommender.warm()
         return recommender
 
@@ -161,6 +161,8 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 if self._watcher is not None:
                     self._watcher.cancel()
+                if self.engine.events is not None:
+                    await self.engine.events.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -234,18 +236,28 @@ class App:
         return 200, JSON.encode(response), JSON_HEADERS, query.surface, ctx.fallback or "none"
 
     async def _events(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
-        rec = self._recommender()
+        """202 only once the batch is fsynced (group commit across concurrent requests); a batch
+        the log cannot store gets 503 + Retry-After, never a 202."""
+        settings, log_ = self.engine.settings, self.engine.events
+        if settings is None or log_ is None:
+            raise NotReady("the event log is not open yet", retry_after=1)
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise UnsupportedMediaType(f"send events as application/json, not {content_type or 'no content type'}")
-        body = await _read_body(scope, receive, rec.settings.limits.max_body_bytes)
+        body = await _read_body(scope, receive, settings.limits.max_body_bytes)
         try:
             batch = EVENT_BATCH.decode(body)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"event batch: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise BadRequest(f"event batch is not valid JSON: {exc}") from exc
-        result = ingest_events(batch.events, self.engine.live, rec.settings.limits.max_events_per_batch)
+        limit = settings.limits.max_events_per_batch
+        if len(batch.events) > limit:
+            raise TooLarge(f"a batch holds at most {limit} events; got {len(batch.events)}")
+        try:
+            result = (await log_.append_async(batch.events)).response()
+        except EventLogError as exc:
+            raise NotReady(f"events not stored: {exc}", retry_after=settings.events.retry_after_s) from exc
         m = self.engine.metrics
         if m is not None:
             m.inc("aisle_events_total", float(result.accepted), outcome="accepted")

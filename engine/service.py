@@ -23,8 +23,8 @@ from artifacts.vectors import VectorIndexError
 from engine.catalog import CatalogView
 from engine.context import RequestContext, RequestFilters
 from engine.errors import BadRequest, Invalid, NotFound, TooLarge
-from engine.live import LiveStore
-from engine.schemas import Event, EventRejection, EventsResponse, RecommendedItem, RecommendQuery, RecommendResponse
+from engine.eventlog import EventLog
+from engine.schemas import RecommendedItem, RecommendQuery, RecommendResponse
 from engine.settings import Settings
 from engine.shopper import Shopper
 from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
@@ -108,7 +108,7 @@ class LoadReport:
 
 
 class Recommender:
-    def __init__(self, bundle: Bundle, settings: Settings, live: LiveStore | None) -> None:
+    def __init__(self, bundle: Bundle, settings: Settings, live: EventLog | None) -> None:
         self.settings = settings
         self.bundle = bundle
         problems: dict[str, str | None] = {"ranker": None, "index": None, "tower": None, "snapshot": None}
@@ -237,35 +237,3 @@ class Recommender:
                 continue
             q = RecommendQuery(surface=surface, item_id=anchor[0] if surface == "pdp" else None, cart=anchor if surface == "cart" else [], count=10)
             self.run(q, request_id="warm-up", now=self.end_ts)
-
-
-def ingest_events(events: list[Event], live: LiveStore | None, limit: int) -> EventsResponse:
-    """Validate a batch and apply it to the live store (the durable log is the next step)."""
-    if len(events) > limit:
-        raise TooLarge(f"a batch holds at most {limit} events; got {len(events)}")
-    rejections: list[EventRejection] = []
-    accepted: list[tuple[str, str, str, float]] = []
-    seen: set[str] = set()
-    duplicates = 0
-    now = time.time()
-    for i, e in enumerate(events):
-        problem = None
-        if not e.event_id or len(e.event_id) > 128:
-            problem = "event_id must be 1-128 characters"
-        elif not 1 <= len(e.user_id.encode()) <= 64:
-            problem = "user_id must be 1-64 bytes"
-        elif not 1 <= len(e.sku.encode()) <= 64:
-            problem = "sku must be 1-64 bytes"
-        elif e.ts is not None and not (0 <= e.ts <= now + 300):
-            problem = "ts must be epoch seconds, not in the future"
-        if problem:
-            rejections.append(EventRejection(i, e.event_id, problem))
-            continue
-        if e.event_id in seen:
-            duplicates += 1
-            continue
-        seen.add(e.event_id)
-        accepted.append((e.user_id, e.sku, e.type, float(e.ts if e.ts is not None else now)))
-    if live is not None and accepted:
-        live.record(accepted)
-    return EventsResponse(accepted=len(accepted), duplicates=duplicates, rejected=len(rejections), rejections=rejections)

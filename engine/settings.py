@@ -93,6 +93,12 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_events_per_batch: int = 1000
 
 
+class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    half_life_s: float = 21_600.0  # decay of the live per-item counters (fixed when the log is created)
+    recent_limit: int = 50  # interactions kept per shopper in the live ring
+    retry_after_s: int = 5  # Retry-After on a 503 when the log cannot store a batch (disk or map full)
+
+
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -115,6 +121,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ranking: RankingSettings = RankingSettings()
     rerank: RerankSettings = RerankSettings()
     deadlines: DeadlineSettings = DeadlineSettings()
+    events: EventSettings = EventSettings()
 
 
 def validate(settings: Settings) -> Settings:

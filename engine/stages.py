@@ -22,7 +22,7 @@ from engine.candidates import Candidates
 from engine.catalog import CatalogView
 from engine.context import RequestContext
 from engine.features import assemble_features
-from engine.live import LiveStore
+from engine.eventlog import EventLog
 from engine.resolve import shopper_vector
 from engine.retrieval import retrieve
 from engine.settings import Settings
@@ -56,7 +56,7 @@ class ResolveShopper:
 
     name = "resolve"
 
-    def __init__(self, view: CatalogView, live: LiveStore | None, history_limit: int) -> None:
+    def __init__(self, view: CatalogView, live: EventLog | None, history_limit: int) -> None:
         self.view, self.live, self.history_limit = view, live, history_limit
         manifest = view.bundle.manifest
         self.since_ts = float(manifest.dims.get("end_ts", 0)) if manifest else 0.0
@@ -73,7 +73,7 @@ class ResolveShopper:
                     shopper = Shopper.from_record(record)
         if shopper is None:
             shopper = Shopper.anonymous()
-        live_rows = self.live.recent_rows(user_id, view, self.since_ts) if (self.live is not None and user_id) else None
+        live_rows = self.live.recent_rows(user_id, view.bundle.items.row_of, self.since_ts) if (self.live is not None and user_id) else None
         extra = [a for a in (live_rows, request_recent) if a is not None and len(a)]
         if extra:
             merged = np.concatenate([shopper.recent_items, *extra]).astype(np.int32)

@@ -32,7 +32,7 @@ def test_build_publishes_a_verified_bundle_with_every_part(tiny_bundle: Path) ->
     bundle = open_bundle(tiny_bundle / "current", verify="full")
     m = bundle.manifest
     for rel in (
-        layout.VOCAB, layout.ITEM_SKU, layout.ITEM_VECTORS, layout.ITEM_INDEX, layout.USER_TOWER, layout.RANKER_LIB,
+        layout.VOCAB, layout.ITEM_SKU, layout.ITEM_VECTORS, layout.ITEM_INDEX, layout.USER_TOWER, layout.ITEM_TOWER, layout.RANKER_LIB,
         layout.RANKER_TREELITE, layout.RANKER_LIGHTGBM, layout.SHOPPER_SNAPSHOT, layout.POPULAR_GLOBAL, layout.NEW_ARRIVALS,
         *layout.csr(layout.COVISIT), *layout.csr(layout.COPURCHASE), *layout.csr(layout.COMPLEMENT_CATEGORIES),
     ):
@@ -43,6 +43,7 @@ def test_build_publishes_a_verified_bundle_with_every_part(tiny_bundle: Path) ->
     # the compiled ranker and the ONNX tower were checked during the build
     assert m.eval["ranker_parity_max_abs_diff"] <= 1e-5
     assert m.eval["user_tower_onnx_max_abs_diff"] <= 1e-4
+    assert m.eval["item_tower_onnx_max_abs_diff"] <= 1e-4
     # the ranker orders the validation candidates better than retrieval order does
     assert m.eval["ranker_ndcg@10"] > m.eval["retrieval_ndcg@10"]
 
