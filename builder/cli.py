@@ -41,7 +41,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from builder.config import load_build_config
 
     config = load_build_config(Path(args.config) if args.config else None)
-    result = build(Path(args.data), Path(args.out), config, publish=not args.no_publish)
+    data = Path(args.data)
+    if args.events_log:
+        import tempfile
+
+        from builder.adapters.eventlog import merge_events
+
+        with tempfile.TemporaryDirectory(prefix="aisle-build-") as tmp:
+            merged = Path(tmp) / "store"
+            counts = merge_events(data, Path(args.events_log), merged)
+            print(f"with the live event log: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), file=sys.stderr)
+            result = build(merged, Path(args.out), config, publish=not args.no_publish)
+    else:
+        result = build(data, Path(args.out), config, publish=not args.no_publish)
     print(result.path)
     return 0
 
@@ -93,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="bundle root: writes ROOT/<build_id>/ and moves ROOT/current")
     s.add_argument("--config", help="build config TOML (see docs/build.example.toml)")
     s.add_argument("--no-publish", action="store_true", help="build and verify, but leave ROOT/current alone")
+    s.add_argument("--events-log", metavar="STATE_DIR", help="also learn from the engine's live event log in STATE_DIR (aisle serve --state)")
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("inspect", help="print a bundle's manifest, parts and sizes")
@@ -131,6 +144,7 @@ KNOWN_ERRORS = (
     ("builder.build", "BuildError"),
     ("builder.index", "IndexBuildError"),
     ("builder.ranker", "RankerBuildError"),
+    ("engine.eventlog", "EventLogError"),
 )
 
 

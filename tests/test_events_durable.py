@@ -53,3 +53,30 @@ def test_a_replayed_batch_is_counted_as_duplicates(tiny_bundle: Path, tmp_path: 
         assert all((r["accepted"], r["duplicates"]) == (0, 10) for r in again)
     finally:
         srv.stop()
+
+
+def test_the_next_build_learns_from_the_live_log(tiny_store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import polars as pl
+
+    from engine.schemas import Event
+
+    sku = pl.read_parquet(tiny_store / "catalog.parquet")["sku"][0]
+    state = tmp_path / "state"
+    log = EventLog(state)
+    log.append([Event(event_id=f"live-{i}", user_id="live-shopper", sku=sku, type="purchase", ts=1780270000.0 + i) for i in range(3)])
+    log.close()
+    config = Path(__file__).parent / "fixtures" / "bundle-v1.build.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "build", "--data", str(tiny_store), "--out", str(tmp_path / "b"),
+         "--config", str(config), "--events-log", str(state)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "log_events 3" in done.stderr
+    from artifacts.bundle import open_bundle
+
+    bundle = open_bundle(tmp_path / "b")
+    assert bundle.users.row_of("live-shopper") >= 0
