@@ -76,6 +76,46 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inventory(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from engine.inventory import publisher as pub
+    from engine.inventory import wire
+
+    if args.action == "serve":
+        publisher = pub.InventoryPublisher(args.pub, args.snapshot, args.id)
+        if args.load:
+            with open(args.load, "rb") as fh:
+                deltas = [wire.decode_json_delta(line) for line in fh if line.strip() and not line.startswith(b"#")]
+            publisher.load(deltas)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print(f"inventory publisher {args.id}: updates on {publisher.pub_endpoint}, snapshots and publish requests on {publisher.snapshot_endpoint}", file=sys.stderr)
+        try:
+            publisher.serve_forever(stop)
+        finally:
+            publisher.close()
+        return 0
+    if args.action == "publish":
+        report = pub.publish_from_file(Path(args.file), args.to)
+    else:
+        if args.retire:
+            delta: wire.Delta = wire.Retire(args.sku)
+        elif args.price is not None:
+            delta = wire.Price(args.sku, args.price)
+        elif args.discount is not None:
+            delta = wire.Discount(args.sku, args.discount)
+        elif args.in_stock is not None:
+            delta = wire.Stock(args.sku, args.in_stock == "true", args.qty if args.qty is not None else (1 if args.in_stock == "true" else 0))
+        else:
+            print("aisle inventory set: give one of --in-stock, --price, --discount, --retire", file=sys.stderr)
+            return EXIT_USAGE
+        report = pub.publish_one(delta, args.to)
+    print(report)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from builder.demo import run_demo
 
@@ -123,6 +163,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--settings", help="engine settings TOML (see docs/settings.example.toml)")
     s.set_defaults(func=_cmd_serve)
 
+    s = sub.add_parser("inventory", help="live stock/price/new-SKU deltas over ZeroMQ (docs/inventory-wire.md)")
+    inv = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = inv.add_parser("serve", help="run the reference inventory publisher")
+    a.add_argument("--pub", default="tcp://127.0.0.1:5556", help="PUB endpoint to bind for updates")
+    a.add_argument("--snapshot", default="tcp://127.0.0.1:5557", help="ROUTER endpoint to bind for snapshots and publish requests")
+    a.add_argument("--id", default="inventory", help="publisher id carried by every batch")
+    a.add_argument("--load", help="JSON-lines file of deltas: the authoritative state at start")
+    a = inv.add_parser("publish", help="publish a JSON-lines file of deltas through a running publisher")
+    a.add_argument("file")
+    a.add_argument("--to", default="tcp://127.0.0.1:5557", help="the publisher's snapshot/control endpoint")
+    a = inv.add_parser("set", help="publish one delta through a running publisher")
+    a.add_argument("--sku", required=True)
+    a.add_argument("--in-stock", choices=["true", "false"])
+    a.add_argument("--qty", type=int)
+    a.add_argument("--price", type=float)
+    a.add_argument("--discount", type=float)
+    a.add_argument("--retire", action="store_true")
+    a.add_argument("--to", default="tcp://127.0.0.1:5557")
+    s.set_defaults(func=_cmd_inventory)
+
     s = sub.add_parser("demo", help="synthesise a store, build it, and show recommendations")
     s.add_argument("--scale", default="small")
     s.add_argument("--seed", type=int, default=7)
@@ -145,6 +205,8 @@ KNOWN_ERRORS = (
     ("builder.index", "IndexBuildError"),
     ("builder.ranker", "RankerBuildError"),
     ("engine.eventlog", "EventLogError"),
+    ("engine.inventory.wire", "WireError"),
+    ("engine.inventory.publisher", "PublishError"),
 )
 
 

@@ -20,11 +20,12 @@ from typing import Any, Awaitable, Callable
 import msgspec
 import numpy as np
 
-from artifacts.bundle import open_bundle
-from artifacts.featurespec import SOURCE_NAMES
+from artifacts.bundle import Bundle, open_bundle
 from artifacts.errors import BundleError
+from artifacts.featurespec import SOURCE_NAMES
 from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
 from engine.eventlog import EventLog, EventLogError
+from engine.inventory.state import ItemState, StateError, Status, state_path
 from engine.metrics import STATUSES, Metrics
 from engine.openapi import openapi_document
 from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health
@@ -81,8 +82,32 @@ class Engine:
         it can run in a thread while the current bundle keeps serving."""
         bundle = open_bundle(Path(target), verify=verify)  # type: ignore[arg-type]
         recommender = Recommender(bundle, self.settings, self.events)  # type: ignore[arg-type]
+        if self.settings.inventory.enabled:  # type: ignore[union-attr]
+            state = self.wait_for_inventory(bundle)
+            if state is not None:
+                recommender.view.attach_inventory(state)
         recommender.warm()
         return recommender
+
+    def wait_for_inventory(self, bundle: Bundle) -> ItemState | None:
+        """The live item state for this bundle, once the host's subscriber has synced it (bounded
+        wait). None: serve the bundle's own stock flags, and say so in /readyz."""
+        inv = self.settings.inventory  # type: ignore[union-attr]
+        path = state_path(Path(self.settings.state_dir), bundle.build_id)  # type: ignore[union-attr]
+        deadline = time.monotonic() + inv.sync_timeout_s
+        while True:
+            try:
+                state = ItemState.open(path, readonly=True, items=bundle.items)
+                if state.status in (Status.SYNCED, Status.SILENT):
+                    return state
+                state.close()
+            except (OSError, StateError):
+                pass
+            if time.monotonic() > deadline:
+                log.error("worker %d: no synced inventory state at %s after %.0fs; serving the bundle's stock flags",
+                          os.getpid(), path, inv.sync_timeout_s)
+                return None
+            time.sleep(0.1)
 
     def install(self, recommender: Recommender, target: str) -> None:
         """Switch to `recommender` between two requests (this runs on the event loop, and requests
@@ -271,6 +296,8 @@ class App:
             return 503, JSON.encode(Health("not_ready", None, os.getpid(), self.engine.problem)), [*JSON_HEADERS, (b"retry-after", b"5")]
         r = rec.load_report
         degraded = [part for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+        if self.engine.settings is not None and self.engine.settings.inventory.enabled and rec.view.inventory is None:
+            degraded.append("live inventory")
         detail = ("degraded: " + ", ".join(degraded) + " unavailable") if degraded else ""
         return 200, JSON.encode(Health("ready", rec.build_id, os.getpid(), detail)), JSON_HEADERS
 

@@ -14,6 +14,7 @@ from artifacts.bundle import Bundle, Csr
 from artifacts.snapshot import ShopperSnapshot
 from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
+from engine.inventory.state import ItemState
 
 
 class CatalogView:
@@ -58,6 +59,7 @@ class CatalogView:
         self.index: VectorIndex | None = None
         self.tower: UserTower | None = None
         self.snapshot: ShopperSnapshot | None = None
+        self.inventory: ItemState | None = None
         if load_index:
             self.load_index()
         if load_tower:
@@ -68,6 +70,20 @@ class CatalogView:
         # at a time per worker, so one buffer suffices.
         self.slot_of = np.full(self.n_items, -1, dtype=np.int32)
         self.cat_slot_of = np.full(len(bundle.vocab.category_path), -1, dtype=np.int32)
+
+    def attach_inventory(self, state: ItemState) -> None:
+        """Read stock and prices from the live shared-memory state instead of the bundle's columns.
+        Only base rows: every other per-item column covers exactly the bundle's items."""
+        self.inventory = state
+        self.in_stock = state.in_stock[: self.n_items]
+
+    def offers(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(price float32, discount float32, available bool) per row, consistent per row: with live
+        inventory a seqlock read (a row never mixes two updates), else the bundle's columns."""
+        if self.inventory is not None:
+            o = self.inventory.gather(rows)
+            return o.price, o.discount, (o.in_stock != 0) & (o.retired == 0) & (o.unsettled == 0)
+        return self.price[rows], self.discount[rows], self.in_stock[rows] != 0
 
     # Optional parts: each loader raises if the part is present but unusable; the caller decides
     # whether that is fatal (the builder) or a step down the degradation ladder (the engine).

@@ -65,8 +65,9 @@ def assemble_features(view: CatalogView, ctx: RequestContext, cands: Candidates)
     X[:, _F["item_ctr"]] = (clk + CTR_PRIOR[0]) / (imp + CTR_PRIOR[1])
     X[:, _F["item_cart_rate"]] = (view.carts[rows] + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
     X[:, _F["item_buy_rate"]] = (view.purchases[rows] + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
-    price = view.price[rows].astype(np.float32)
-    discount = view.discount[rows].astype(np.float32)
+    price, discount, _ = view.offers(rows)  # live prices when the inventory feed is attached
+    price = price.astype(np.float32)
+    discount = discount.astype(np.float32)
     effective = price * (1.0 - discount)
     X[:, _F["item_log_price"]] = np.log1p(effective)
     X[:, _F["item_discount"]] = discount

@@ -8,6 +8,8 @@ worker (STACK-NOTES pitfall 19): with one worker per core, extra threads only co
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from artifacts.bundle import open_bundle
@@ -33,6 +35,8 @@ def serve(settings: Settings) -> None:
     for key, value in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(key, value)
 
+    subscriber = _start_subscriber(settings) if settings.inventory.enabled else None
+
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
@@ -51,3 +55,23 @@ def serve(settings: Settings) -> None:
         server.serve()
     finally:
         settings_file.unlink(missing_ok=True)
+        if subscriber is not None:
+            subscriber.terminate()
+            try:
+                subscriber.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                subscriber.kill()
+
+
+def _start_subscriber(settings: Settings) -> subprocess.Popen:
+    """One inventory subscriber per host, in its own process (its own GIL, no ZeroMQ context
+    carried across Granian's worker fork). It follows `current` and keeps the state file of the
+    served bundle in step with the publisher; workers map that file read-only."""
+    inv = settings.inventory
+    cmd = [
+        sys.executable, "-m", "engine.inventory.subscriber",
+        "--bundles", settings.bundles, "--state-dir", settings.state_dir,
+        "--updates", inv.updates_endpoint, "--snapshot", inv.snapshot_endpoint,
+        "--capacity", str(inv.capacity), "--text-dim", str(inv.text_dim),
+    ]
+    return subprocess.Popen(cmd)

@@ -99,6 +99,20 @@ class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_after_s: int = 5  # Retry-After on a 503 when the log cannot store a batch (disk or map full)
 
 
+class InventorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Live stock and prices over ZeroMQ (docs/inventory-wire.md). Empty endpoints: serve the
+    # bundle's stock flags and prices as built.
+    updates_endpoint: str = ""  # the publisher's PUB socket, e.g. tcp://127.0.0.1:5556
+    snapshot_endpoint: str = ""  # the publisher's ROUTER socket (snapshots for resync), e.g. tcp://127.0.0.1:5557
+    capacity: int = 65_536  # new-SKU rows per state file
+    text_dim: int = 0  # width of new SKUs' text embeddings kept (0: none)
+    sync_timeout_s: float = 30.0  # how long a worker waits for a synced state before serving without it
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.updates_endpoint and self.snapshot_endpoint)
+
+
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -122,6 +136,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rerank: RerankSettings = RerankSettings()
     deadlines: DeadlineSettings = DeadlineSettings()
     events: EventSettings = EventSettings()
+    inventory: InventorySettings = InventorySettings()
 
 
 def validate(settings: Settings) -> Settings:

@@ -127,10 +127,13 @@ class FilterCandidates:
             excluded,
         )
         keep = scores > MASKED
+        if v.inventory is not None:  # a retired row, or one caught mid-update, is not shown
+            keep &= v.offers(rows)[2]
         if f.category_nodes is not None:
             keep &= np.isin(v.category[rows], f.category_nodes)
         if f.price_min is not None or f.price_max is not None:
-            price = v.price[rows] * (1.0 - v.discount[rows])
+            list_price, discount, _ = v.offers(rows)
+            price = list_price * (1.0 - discount)
             if f.price_min is not None:
                 keep &= price >= f.price_min
             if f.price_max is not None:
