@@ -85,7 +85,7 @@ class Engine:
         if self.settings.inventory.enabled:  # type: ignore[union-attr]
             state = self.wait_for_inventory(bundle)
             if state is not None:
-                recommender.view.attach_inventory(state)
+                recommender.attach_inventory(state)
         recommender.warm()
         return recommender
 

@@ -23,6 +23,8 @@ from artifacts.vectors import VectorIndexError
 from engine.catalog import CatalogView
 from engine.context import RequestContext, RequestFilters
 from engine.errors import BadRequest, Invalid, NotFound, TooLarge
+from engine.fresh import FreshItems
+from engine.inventory.state import ItemState
 from engine.eventlog import EventLog
 from engine.schemas import RecommendedItem, RecommendQuery, RecommendResponse
 from engine.settings import Settings
@@ -143,6 +145,13 @@ class Recommender:
         self.seller_code = {name: code for code, name in enumerate(vocab.sellers) if name}
         self.category_path = vocab.category_path
         self.end_ts = int(bundle.manifest.dims.get("end_ts", 0)) if bundle.manifest else 0
+        self.fresh: FreshItems | None = None
+
+    def attach_inventory(self, state: ItemState) -> None:
+        """Live stock and prices from the host's shared item state, and the SKUs that arrived since
+        the build."""
+        self.view.attach_inventory(state)
+        self.fresh = FreshItems(state, self.bundle)
 
     # -- decode: external ids → bundle rows/codes --------------------------------------------
     def _rows(self, skus: list[str]) -> np.ndarray:
@@ -202,6 +211,8 @@ class Recommender:
                     source=source,
                 )
             )
+        if self.fresh is not None and ctx.offset == 0:
+            items = self._with_fresh(q, ctx, items)
         end = ctx.offset + ctx.count
         more = len(items) == ctx.count and end < self.settings.limits.max_cursor_offset
         response = RecommendResponse(
@@ -215,6 +226,25 @@ class Recommender:
         )
         return response, ctx
 
+    def _with_fresh(self, q: RecommendQuery, ctx: RequestContext, items: list[RecommendedItem]) -> list[RecommendedItem]:
+        """Put SKUs that arrived since the build into the first exploration slots of the first page."""
+        rr = self.settings.rerank
+        slots = sorted(s for s in rr.explore_slots if s < ctx.count)[: rr.fresh_slots]
+        if not slots:
+            return items
+        anchors = ctx.anchors[(ctx.anchors >= 0) & (ctx.anchors < self.view.n_items)]
+        if len(anchors):
+            query = np.asarray(self.view.vectors[anchors], dtype=np.float32).mean(axis=0)
+            query /= max(float(np.linalg.norm(query)), 1e-12)
+            min_similarity = rr.fresh_min_similarity_anchor
+        else:
+            query, min_similarity = ctx.user_vector, rr.fresh_min_similarity_home
+        exclude = set(q.exclude) | set(q.cart) | ({q.item_id} if q.item_id else set()) | {i.sku for i in items}
+        picks = self.fresh.pick(ctx, query, len(slots), min_similarity, exclude)  # type: ignore[union-attr]
+        for slot, pick in zip(slots, picks):
+            items.insert(slot, RecommendedItem(sku=pick.sku, score=round(pick.score, 6), reason="New arrival", source="new"))
+        return items[: ctx.count]
+
     def close(self) -> None:
         """Release this bundle's files (after a swap, once no request uses it)."""
         if self.ranker is not None:
@@ -223,6 +253,9 @@ class Recommender:
         if self.view.snapshot is not None:
             self.view.snapshot.close()
         self.view.snapshot = None
+        if self.view.inventory is not None:
+            self.view.inventory.close()
+            self.view.inventory = None
         self.view.index = None
         self.view.tower = None
 

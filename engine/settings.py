@@ -78,6 +78,9 @@ class RerankSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     explore_prior: tuple[float, float] = (1.0, 20.0)  # Beta prior (clicks, non-clicks) for new items' CTR
     new_item_days: float = 14.0  # an item younger than this is "new" (boost, exploration)
     new_item_boost: float = 0.3  # added to the standardised score of a brand-new item, decaying with age
+    fresh_slots: int = 1  # exploration slots that SKUs arrived since the build (inventory feed) may take
+    fresh_min_similarity_anchor: float = 0.5  # pdp/cart: cosine to the anchor a fresh SKU needs for a slot
+    fresh_min_similarity_home: float = -1.0  # home: cosine to the shopper's vector a fresh SKU needs (-1: any; best first)
 
 
 class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -79,3 +79,26 @@ def test_a_retired_sku_is_never_returned_afterwards(live: tuple[Server, str]) ->
     target = sorted(shown)[0]
     publish_one(wire.Retire(target), control)
     _until(lambda: all(target not in _skus(srv, surface="home", count=40) | _skus(srv, surface="pdp", item_id=sorted(shown)[1], count=40) for _ in range(4)))
+
+
+def test_a_new_sku_is_recommended_before_any_rebuild_and_leaves_when_retired(live: tuple[Server, str], tiny_bundle: Path) -> None:
+    from artifacts.bundle import open_bundle
+
+    srv, control = live
+    bundle = open_bundle(tiny_bundle / "current")
+    anchor_sku = sorted(_skus(srv, surface="home", user_id="fresh-shopper", count=10))[0]
+    row = bundle.items.row_of(anchor_sku)
+    vocab = bundle.vocab
+    twin = wire.NewSku(
+        sku="SKU-BRAND-NEW-1", title="Brand new twin", category_path=vocab.category_path[int(bundle.item_column("category")[row])],
+        brand=vocab.brands[int(bundle.item_column("brand")[row])], seller=vocab.sellers[int(bundle.item_column("seller")[row])],
+        price=float(bundle.item_column("price")[row]), discount=0.0, in_stock=True, qty=5, created_at=time.time(),
+    )
+    publish_one(twin, control)
+    waited = _until(lambda: all(twin.sku in _skus(srv, surface="pdp", item_id=anchor_sku, count=20) for _ in range(4)))
+    reply = srv.recommend(surface="pdp", item_id=anchor_sku, count=20).json()
+    assert next(i for i in reply["items"] if i["sku"] == twin.sku)["reason"] == "New arrival"
+    assert twin.sku in _skus(srv, surface="home", user_id="someone-new", count=20)  # the new-arrival slot
+    publish_one(wire.Retire(twin.sku), control)
+    _until(lambda: all(twin.sku not in _skus(srv, surface="pdp", item_id=anchor_sku, count=20) for _ in range(4)))
+    assert waited < 1.0

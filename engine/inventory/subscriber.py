@@ -35,6 +35,7 @@ from artifacts.bundle import Bundle, open_bundle, resolve
 from artifacts.errors import BundleError
 from artifacts.idmap import IdMap
 from engine.inventory import wire
+from engine.inventory.embed import make_embedder
 from engine.inventory.state import (
     DEFAULT_CAPACITY,
     Applied,
@@ -354,7 +355,9 @@ def follow(
                 if running is None or root != running.root:
                     bundle = open_bundle(root, verify="sizes")
                     state = ItemState.create(state_path(state_dir, bundle.build_id), bundle, capacity, text_dim=text_dim)
-                    sub = Subscriber(state, bundle.items, updates_endpoint, snapshot_endpoint, bundle=bundle, name=name)
+                    sub = Subscriber(
+                        state, bundle.items, updates_endpoint, snapshot_endpoint, bundle=bundle, name=name, embed=make_embedder(bundle)
+                    )
                     fresh = _Running(root, bundle, state, sub)
                     fresh.thread.start()
                     if running is not None:
