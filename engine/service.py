@@ -135,7 +135,7 @@ class Recommender:
             FilterCandidates(self.view, settings),
             GatherFeatures(self.view, settings),
             PredictRanker(ranker, settings, problems["ranker"]),
-            Rerank(self.view, settings),
+            Rerank(self.view, settings, live),
         )
         self.explain = Explain(self.view)
         vocab = bundle.vocab

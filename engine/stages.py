@@ -243,8 +243,19 @@ class Rerank:
 
     name = "rerank"
 
-    def __init__(self, view: CatalogView, settings: Settings) -> None:
-        self.view, self.settings = view, settings
+    def __init__(self, view: CatalogView, settings: Settings, events: EventLog | None = None) -> None:
+        self.view, self.settings, self.events = view, settings, events
+
+    def _posteriors(self, rows: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """(clicks, impressions) per row: the bundle's counts plus the live log's decayed counts
+        since the build, so the bandit learns from today's impressions, not last build's."""
+        clicks = self.view.clicks[rows].astype(np.float32)
+        shown = self.view.impressions[rows].astype(np.float32)
+        if self.events is not None and len(rows):
+            live = self.events.counters(self.view.bundle.items.ids_of(rows), now=float(now))
+            clicks = clicks + live[:, 1]
+            shown = shown + live[:, 4]
+        return clicks, np.maximum(shown, clicks)
 
     def __call__(self, ctx: RequestContext) -> None:
         v, rr = self.view, self.settings.rerank
@@ -277,10 +288,8 @@ class Rerank:
         new_pos = np.flatnonzero(is_new)
         if len(slots) and len(new_pos):
             a, b = rr.explore_prior
-            draw = thompson_scores(
-                v.clicks[rows[new_pos]].astype(np.float32), v.impressions[rows[new_pos]].astype(np.float32),
-                float(a), float(b), int(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF),
-            )
+            clicks, shown = self._posteriors(rows[new_pos], ctx.now)
+            draw = thompson_scores(clicks, shown, float(a), float(b), int(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF))
             ranked_new = new_pos[np.argsort(-draw, kind="stable")].astype(np.int32)
             final = place_exploration(picked.astype(np.int32), ranked_new, slots, k)
             explored = ~np.isin(final, picked)  # everything not in the base list is an exploration pick

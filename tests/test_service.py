@@ -70,3 +70,25 @@ def test_a_spent_budget_skips_the_ranker_and_still_fills_the_slate(tiny_bundle: 
     response, ctx = rec.run(RecommendQuery("home", user_id=rec.view.bundle.users.id_of(1), count=20))
     assert response.fallback == "deadline" and len(response.items) == 20
     assert "rank" in ctx.timings and rec.view.in_stock[rec.view.bundle.items.rows_of([i.sku for i in response.items])].all()
+
+
+def test_the_exploration_bandit_reads_todays_clicks_from_the_live_log(tiny_bundle: Path, tmp_path: Path) -> None:
+    from engine.eventlog import EventLog
+    from engine.schemas import Event
+
+    bundle = open_bundle(tiny_bundle / "current")
+    log = EventLog(tmp_path / "state")
+    try:
+        rec = Recommender(bundle, Settings(), live=log)
+        rerank = rec.stages[-1]
+        row = np.asarray([int(bundle.array("lists/new_arrivals.npy")[0])], np.int32)
+        sku = bundle.items.id_of(int(row[0]))
+        now = bundle.manifest.dims["end_ts"] + 10
+        before = rerank._posteriors(row, now)
+        log.append([Event(event_id=f"i{i}", user_id="u", sku=sku, type="impression", ts=float(now)) for i in range(10)]
+                   + [Event(event_id=f"c{i}", user_id="u", sku=sku, type="click", ts=float(now)) for i in range(4)])
+        clicks, shown = rerank._posteriors(row, now)
+        assert clicks[0] == pytest.approx(before[0][0] + 4, abs=1e-3)
+        assert shown[0] == pytest.approx(before[1][0] + 10, abs=1e-3)
+    finally:
+        log.close()
