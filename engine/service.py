@@ -175,7 +175,9 @@ class Recommender:
         if q.surface == "pdp":
             row = self.view.bundle.items.row_of(q.item_id or "")
             if row < 0:
-                raise NotFound(f"unknown item_id {q.item_id!r}: not in bundle {self.build_id}")
+                row = self._proxy_for_new_sku(q.item_id or "")
+            if row < 0:
+                raise NotFound(f"unknown item_id {q.item_id!r}: not in bundle {self.build_id} nor among SKUs added since")
             ctx.anchors = np.asarray([row], np.int32)
         elif q.surface == "cart":
             rows = self._rows(q.cart)
@@ -225,6 +227,18 @@ class Recommender:
             next_cursor=f"{CURSOR_PREFIX}{end}" if more else None,
         )
         return response, ctx
+
+    def _proxy_for_new_sku(self, sku: str) -> int:
+        """A SKU added since the build has no row in the bundle's tables: its page is served as the
+        page of its nearest bundle item (by the vector the item tower gave it). -1 if unknown."""
+        if self.fresh is None or self.view.index is None:
+            return -1
+        state = self.fresh.state
+        new_row = state.new_row_of(sku)
+        if new_row < 0 or not state.has_vector[new_row - state.n_base]:
+            return -1
+        rows, _ = self.view.index.search(np.asarray(state.vector[new_row - state.n_base], dtype=np.float32), 1)
+        return int(rows[0]) if len(rows) else -1
 
     def _with_fresh(self, q: RecommendQuery, ctx: RequestContext, items: list[RecommendedItem]) -> list[RecommendedItem]:
         """Put SKUs that arrived since the build into the first exploration slots of the first page."""

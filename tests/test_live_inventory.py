@@ -99,6 +99,8 @@ def test_a_new_sku_is_recommended_before_any_rebuild_and_leaves_when_retired(liv
     reply = srv.recommend(surface="pdp", item_id=anchor_sku, count=20).json()
     assert next(i for i in reply["items"] if i["sku"] == twin.sku)["reason"] == "New arrival"
     assert twin.sku in _skus(srv, surface="home", user_id="someone-new", count=20)  # the new-arrival slot
+    own_page = srv.recommend(surface="pdp", item_id=twin.sku, count=20)  # its own product page works at once
+    assert own_page.status == 200 and twin.sku not in {i["sku"] for i in own_page.json()["items"]}
     publish_one(wire.Retire(twin.sku), control)
     _until(lambda: all(twin.sku not in _skus(srv, surface="pdp", item_id=anchor_sku, count=20) for _ in range(4)))
     assert waited < 1.0
