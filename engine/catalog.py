@@ -14,6 +14,7 @@ from artifacts.bundle import Bundle, Csr
 from artifacts.snapshot import ShopperSnapshot
 from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
+from engine.eventlog import EventLog
 from engine.inventory.state import ItemState
 
 
@@ -60,6 +61,7 @@ class CatalogView:
         self.tower: UserTower | None = None
         self.snapshot: ShopperSnapshot | None = None
         self.inventory: ItemState | None = None
+        self.events: EventLog | None = None  # the host's live event log (counters since the build)
         if load_index:
             self.load_index()
         if load_tower:
@@ -76,6 +78,13 @@ class CatalogView:
         Only base rows: every other per-item column covers exactly the bundle's items."""
         self.inventory = state
         self.in_stock = state.in_stock[: self.n_items]
+
+    def live_counts(self, rows: np.ndarray, now: float) -> np.ndarray | None:
+        """float32 [n, 5] decayed counts since the build (views, clicks, carts, purchases,
+        impressions: engine.eventlog.COUNTERS) from the live event log, or None without one."""
+        if self.events is None or len(rows) == 0:
+            return None
+        return self.events.counters(self.bundle.items.ids_of(rows), now=float(now))
 
     def offers(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(price float32, discount float32, available bool) per row, consistent per row: with live

@@ -60,11 +60,16 @@ def assemble_features(view: CatalogView, ctx: RequestContext, cands: Candidates)
 
     imp = view.impressions[rows].astype(np.float32)
     clk = view.clicks[rows].astype(np.float32)
+    carts = view.carts[rows].astype(np.float32)
+    buys = view.purchases[rows].astype(np.float32)
+    live = view.live_counts(rows, ctx.now)  # behaviour since the build, from the live event log
+    if live is not None:
+        clk, carts, buys, imp = clk + live[:, 1], carts + live[:, 2], buys + live[:, 3], imp + live[:, 4]
     X[:, _F["item_log_popularity"]] = np.log1p(view.popularity[rows])
     X[:, _F["item_trend"]] = view.trend[rows]
     X[:, _F["item_ctr"]] = (clk + CTR_PRIOR[0]) / (imp + CTR_PRIOR[1])
-    X[:, _F["item_cart_rate"]] = (view.carts[rows] + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
-    X[:, _F["item_buy_rate"]] = (view.purchases[rows] + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
+    X[:, _F["item_cart_rate"]] = (carts + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
+    X[:, _F["item_buy_rate"]] = (buys + FUNNEL_PRIOR[0]) / (clk + FUNNEL_PRIOR[1])
     price, discount, _ = view.offers(rows)  # live prices when the inventory feed is attached
     price = price.astype(np.float32)
     discount = discount.astype(np.float32)

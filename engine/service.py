@@ -126,6 +126,7 @@ class Recommender:
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
         self.load_report = LoadReport(**problems)
+        self.view.events = live
         self.ranker = ranker
         self.live = live
         self.build_id = bundle.build_id
@@ -135,7 +136,7 @@ class Recommender:
             FilterCandidates(self.view, settings),
             GatherFeatures(self.view, settings),
             PredictRanker(ranker, settings, problems["ranker"]),
-            Rerank(self.view, settings, live),
+            Rerank(self.view, settings),
         )
         self.explain = Explain(self.view)
         vocab = bundle.vocab

@@ -173,8 +173,15 @@ class TrendingSource:
 
     def retrieve(self, view: CatalogView, ctx: RequestContext, k: int) -> SourceOutput:
         lists = [(view.trending_by_region.row(ctx.region)[0], 1.0)]
+        if len(lists[0][0]) == 0:  # unknown region (anonymous shopper): trending anywhere
+            lists = [(view.trending_by_region.row(r)[0], 0.8) for r in range(view.trending_by_region.n_rows)]
         lists += [(view.trending_by_top.row(dept)[0], 0.5 + w) for dept, w in _top_departments(view, ctx, 2)]
-        return _from_lists(lists, k)
+        rows, scores, anchors = _from_lists(lists, 2 * k)
+        live = view.live_counts(rows, ctx.now)
+        if live is not None:  # what is hot since the build climbs the list
+            activity = live[:, 1] + 3.0 * live[:, 2] + 5.0 * live[:, 3]
+            scores = (scores * (1.0 + np.log1p(activity))).astype(np.float32)
+        return _best(rows, scores, anchors, k)
 
 
 class PopularSource:

@@ -243,16 +243,16 @@ class Rerank:
 
     name = "rerank"
 
-    def __init__(self, view: CatalogView, settings: Settings, events: EventLog | None = None) -> None:
-        self.view, self.settings, self.events = view, settings, events
+    def __init__(self, view: CatalogView, settings: Settings) -> None:
+        self.view, self.settings = view, settings
 
     def _posteriors(self, rows: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
         """(clicks, impressions) per row: the bundle's counts plus the live log's decayed counts
         since the build, so the bandit learns from today's impressions, not last build's."""
         clicks = self.view.clicks[rows].astype(np.float32)
         shown = self.view.impressions[rows].astype(np.float32)
-        if self.events is not None and len(rows):
-            live = self.events.counters(self.view.bundle.items.ids_of(rows), now=float(now))
+        live = self.view.live_counts(rows, now)
+        if live is not None:
             clicks = clicks + live[:, 1]
             shown = shown + live[:, 4]
         return clicks, np.maximum(shown, clicks)

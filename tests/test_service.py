@@ -92,3 +92,28 @@ def test_the_exploration_bandit_reads_todays_clicks_from_the_live_log(tiny_bundl
         assert shown[0] == pytest.approx(before[1][0] + 10, abs=1e-3)
     finally:
         log.close()
+
+
+def test_trending_and_features_read_live_counters(tiny_bundle: Path, tmp_path: Path) -> None:
+    from engine.context import RequestContext
+    from engine.eventlog import EventLog
+    from engine.schemas import Event
+    from engine.shopper import Shopper
+    from engine.sources import TrendingSource
+
+    bundle = open_bundle(tiny_bundle / "current")
+    log = EventLog(tmp_path / "state")
+    try:
+        rec = Recommender(bundle, Settings(), live=log)
+        now = bundle.manifest.dims["end_ts"] + 60
+        ctx = RequestContext("home", Shopper.anonymous(), now)
+        rows, _, _ = TrendingSource().retrieve(rec.view, ctx, 40)
+        last = rows[-1]
+        sku = bundle.items.id_of(int(last))
+        log.append([Event(event_id=f"p{i}", user_id=f"u{i}", sku=sku, type="purchase", ts=float(now)) for i in range(30)])
+        after, _, _ = TrendingSource().retrieve(rec.view, ctx, 40)
+        assert int(np.flatnonzero(after == last)[0]) < len(rows) - 1  # climbed
+        counts = rec.view.live_counts(np.asarray([last], np.int32), now)
+        assert counts[0, 3] == pytest.approx(30, abs=1e-3)
+    finally:
+        log.close()
