@@ -48,7 +48,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from artifacts.onnx_session import open_session
 
 INPUT_NAMES: tuple[str, str, str, str, str] = ("category", "cat_top", "brand", "seller", "price")
 TEXT_INPUT = "text"
@@ -82,19 +83,7 @@ class ItemTower:
 
     def __init__(self, path: Path | str, threads: int = 1) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ItemTowerError(f"item tower not found: {self.path} (expected the bundle's models/item_tower.onnx)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises several private exception types for a bad file
-            raise ItemTowerError(
-                f"{self.path}: not a loadable ONNX model ({exc}); the file is corrupt or truncated, rebuild the bundle"
-            ) from exc
+        self._session = open_session(self.path, threads, ItemTowerError, "item tower")
         self.dim, self.text_dim = self._check_io()
         self.n_categories, self.n_brands, self.n_sellers = self._read_metadata()
         self._sizes = (self.n_categories, self.n_categories, self.n_brands, self.n_sellers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,33 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_directory(out: Path, fill: Callable[[Path], None]) -> None:
+    """Make `out` exactly what `fill(tmp)` writes into a fresh temporary sibling, all at once:
+    fsync every file and the directory, rename over `out` (the old one is removed only after the
+    new one is in place; on failure the old one is put back), fsync the parent."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        for path in tmp.rglob("*"):
+            fsync_path(path)
+        fsync_path(tmp)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)  # put the previous output back rather than leave nothing
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_path(out.parent)
 
 
 def inventory(bundle_dir: Path) -> tuple[dict[str, FileEntry], dict[str, ArrayEntry]]:

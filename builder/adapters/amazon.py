@@ -29,12 +29,11 @@ complete.
 from __future__ import annotations
 
 import html
-import os
-import shutil
 from pathlib import Path
 
 import polars as pl
 
+from artifacts.publish import write_directory
 from artifacts.schema import CATEGORY_SEPARATOR, LIST_SEPARATOR
 from builder.ingest.errors import InputError
 
@@ -175,29 +174,10 @@ def _events(src: Path) -> pl.DataFrame:
 
 
 def _publish(frames: dict[str, pl.DataFrame], out: Path) -> None:
-    """Write every frame to `out/NAME.parquet` all at once: temp sibling dir, fsync, rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """Write every frame to `out/NAME.parquet` all at once (artifacts.publish.write_directory)."""
+
+    def fill(tmp: Path) -> None:
         for name, frame in frames.items():
-            path = tmp / f"{name}.parquet"
-            frame.write_parquet(path, statistics=True)
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)  # put the previous output back rather than leave nothing
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    dir_fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            frame.write_parquet(tmp / f"{name}.parquet", statistics=True)
+
+    write_directory(out, fill)

@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from artifacts.publish import fsync_path
+from artifacts.publish import fsync_path, write_directory
 from artifacts.schema import EVENT_TYPE_NAMES, EVENTS, SURFACE_NAMES
 from builder.ingest.errors import InputError, ProblemLog
 from builder.ingest.read import InputFile, find_input_files, read_header
@@ -174,26 +174,11 @@ def _chunks(rows: Iterable[tuple[int, StoredEvent]], size: int) -> Iterable[list
 
 
 def _publish(out: Path, copies: list[Path], events: pl.DataFrame) -> None:
-    """`out` = the `copies` (same names) + events.parquet, all at once: temp sibling, fsync, rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """`out` = the `copies` (same names) + events.parquet, all at once (write_directory)."""
+
+    def fill(tmp: Path) -> None:
         for source in copies:
             shutil.copyfile(source, tmp / source.name)
         events.write_parquet(tmp / "events.parquet", statistics=True)
-        for path in tmp.iterdir():
-            fsync_path(path)
-        fsync_path(tmp)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)  # put the previous store back rather than leave nothing
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    fsync_path(out.parent)
+
+    write_directory(out, fill)
