@@ -135,7 +135,7 @@ class Recommender:
             RetrieveCandidates(self.view, settings),
             FilterCandidates(self.view, settings),
             GatherFeatures(self.view, settings),
-            PredictRanker(ranker, settings, problems["ranker"]),
+            PredictRanker(ranker, settings),
             Rerank(self.view, settings),
         )
         self.explain = Explain(self.view)

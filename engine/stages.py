@@ -209,9 +209,8 @@ class PredictRanker:
 
     name = "rank"
 
-    def __init__(self, ranker: CompiledRanker | None, settings: Settings, ranker_problem: str | None = None) -> None:
+    def __init__(self, ranker: CompiledRanker | None, settings: Settings) -> None:
         self.ranker, self.settings = ranker, settings
-        self.ranker_problem = ranker_problem
 
     def __call__(self, ctx: RequestContext) -> None:
         cands, rs, dl = ctx.candidates, self.settings.ranking, self.settings.deadlines
