@@ -1,0 +1,1 @@
+"""Offline evaluation: protocols (splits), metrics and baselines (DESIGN.md §8)."""
