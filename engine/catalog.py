@@ -72,6 +72,7 @@ class CatalogView:
         # at a time per worker, so one buffer suffices.
         self.slot_of = np.full(self.n_items, -1, dtype=np.int32)
         self.cat_slot_of = np.full(len(bundle.vocab.category_path), -1, dtype=np.int32)
+        self.excluded = np.zeros(self.n_items, dtype=np.uint8)  # FilterCandidates' scratch: all 0 between calls
 
     def attach_inventory(self, state: ItemState) -> None:
         """Read stock and prices from the live shared-memory state instead of the bundle's columns.

@@ -48,6 +48,7 @@ class RequestContext:
     fallback: str | None = None  # the first degradation step taken, if any
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     filtered: int = 0  # candidates removed by filters
+    rules: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # FilterCandidates' per-request bitmaps
     started: float = 0.0  # perf_counter at decode
 
     def elapsed_ms(self) -> float:

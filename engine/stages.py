@@ -115,24 +115,38 @@ class FilterCandidates:
         vocab = view.bundle.vocab
         self.n_brands, self.n_sellers = len(vocab.brands), len(vocab.sellers)
 
+    def _rules(self, ctx: RequestContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(blocked brand bitmap, blocked seller bitmap, excluded rows) of this request, built
+        once per request however often _mask runs (backfill calls it again)."""
+        if ctx.rules is None:
+            f, s = ctx.filters, ctx.shopper
+            ctx.rules = (
+                _bitmap(np.concatenate([s.blocked_brands, f.blocked_brands]), self.n_brands),
+                _bitmap(np.concatenate([s.blocked_sellers, f.blocked_sellers]), self.n_sellers),
+                np.concatenate([ctx.anchors, s.purchased, f.exclude_rows]).astype(np.int64),
+            )
+        return ctx.rules
+
     def _mask(self, ctx: RequestContext, rows: np.ndarray) -> np.ndarray:
         """bool [n]: may be shown."""
-        v, f, s = self.view, ctx.filters, ctx.shopper
+        v, f = self.view, ctx.filters
+        blocked_brands, blocked_sellers, excluded = self._rules(ctx)
         scores = np.ones(len(rows), np.float32)
-        excluded = _bitmap(np.concatenate([ctx.anchors, s.purchased, f.exclude_rows]), v.n_items)
-        apply_filters(
-            rows, scores, v.in_stock, v.brand, v.seller,
-            _bitmap(np.concatenate([s.blocked_brands, f.blocked_brands]), self.n_brands),
-            _bitmap(np.concatenate([s.blocked_sellers, f.blocked_sellers]), self.n_sellers),
-            excluded,
-        )
+        # The exclusion bitmap is the view's scratch (catalog-sized): set this request's few rows,
+        # filter, clear them again, instead of allocating n_items bytes per call.
+        excluded = excluded[(excluded >= 0) & (excluded < v.n_items)]
+        v.excluded[excluded] = 1
+        try:
+            apply_filters(rows, scores, v.in_stock, v.brand, v.seller, blocked_brands, blocked_sellers, v.excluded)
+        finally:
+            v.excluded[excluded] = 0
         keep = scores > MASKED
-        if v.inventory is not None:  # a retired row, or one caught mid-update, is not shown
-            keep &= v.offers(rows)[2]
         if f.category_nodes is not None:
             keep &= np.isin(v.category[rows], f.category_nodes)
-        if f.price_min is not None or f.price_max is not None:
-            list_price, discount, _ = v.offers(rows)
+        if v.inventory is not None or f.price_min is not None or f.price_max is not None:
+            list_price, discount, available = v.offers(rows)
+            if v.inventory is not None:  # a retired row, or one caught mid-update, is not shown
+                keep &= available
             price = list_price * (1.0 - discount)
             if f.price_min is not None:
                 keep &= price >= f.price_min
