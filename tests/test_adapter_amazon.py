@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from artifacts.schema import EventType
-from builder.adapters.amazon import AMAZON_EPOCH, SECONDS_PER_POSITION, convert_amazon
+from builder.adapters.amazon import AMAZON_LAST_DAY, SECONDS_PER_POSITION, convert_amazon
 from builder.ingest import load_store
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -65,7 +65,10 @@ def test_beauty_clock_keeps_each_users_order_and_split(beauty: tuple[Path, dict[
     source = pl.read_csv(BEAUTY / "interactions.csv.gz", schema_overrides={"user_id": pl.String, "item_id": pl.String})
     joined = source.join(events, left_on=["user_id", "item_id"], right_on=["user_id", "sku"], how="inner")
     assert joined.height == source.height
-    assert (joined["ts"] == AMAZON_EPOCH + joined["position"] * SECONDS_PER_POSITION).all()
+    last_position = joined.group_by("user_id").agg(pl.col("position").max().alias("last"))
+    joined = joined.join(last_position, on="user_id")
+    assert (joined["ts"] == AMAZON_LAST_DAY - (joined["last"] - joined["position"]) * SECONDS_PER_POSITION).all()
+    assert (events["ts"].max(), events.filter(pl.col("split") == "test")["ts"].n_unique()) == (AMAZON_LAST_DAY, 1)
     assert (joined["split"] == joined["split_right"]).all()
     last = events.group_by("user_id").agg(pl.col("split").sort_by("ts").last())
     assert (last["split"] == "test").all()

@@ -13,10 +13,13 @@ What the conversion decides, because the data has no such fields:
   literal brands "Unknown" and "Generic" are kept as the source has them. seller is empty, price
   unknown (null), every item in stock, created_at 0.
 * Every review is a `purchase` on surface `other`.
-* **Synthetic clock.** The source keeps only each user's order, so ts = `AMAZON_EPOCH` +
-  position × one day. Within a user the order is exact; across users the times mean nothing
-  (every history starts on the same day), so evaluate with the leave-one-out `split`, not a global
-  time cut.
+* **Synthetic clock.** The source keeps only each user's order, so every history is laid out one
+  day per review and ENDS on the same day: ts = `AMAZON_LAST_DAY` − (n_reviews − 1 − position) ×
+  one day. Within a user the order is exact; across users only "k reviews before the end" is
+  shared. Aligning the ends (not the starts) makes recency mean what it means in a live store
+  (popularity and trending decay from everyone's latest activity) and makes a one-day label window
+  before the end exactly "each shopper's last item": the leave-one-out split. Evaluate with the
+  `split`, not a global time cut.
 * session_id = user_id: each user's history is one sequence.
 * events carry an extra column `split` (train / valid / test); ingest ignores it and the evaluator
   reads it from `events.parquet`.
@@ -37,8 +40,9 @@ from artifacts.publish import write_directory
 from artifacts.schema import CATEGORY_SEPARATOR, LIST_SEPARATOR
 from builder.ingest.errors import InputError
 
-# 2014-01-01T00:00:00Z: the reviews were crawled in 2014, and any fixed instant would do.
-AMAZON_EPOCH = 1_388_534_400
+# 2014-07-01T00:00:00Z, the day of every shopper's last review: the reviews were crawled in 2014,
+# and any fixed instant would do.
+AMAZON_LAST_DAY = 1_404_172_800
 SECONDS_PER_POSITION = 86_400
 UNCATEGORIZED = "Uncategorized"
 _UNNAMED_TOP_LEVEL = "<unnamed_toplevel_attr_"
@@ -162,8 +166,9 @@ def _events(src: Path) -> pl.DataFrame:
         raise InputError(f"{path.name}: expected an integer in column 'position': {exc}") from exc
     user = typed["user_id"].cast(pl.Int64, strict=False)
     order = typed.with_columns(user_order=user).sort(["user_order", "user_id", "position"], maintain_order=True)
+    last_position = pl.col("position").max().over("user_id")
     return order.select(
-        ts=pl.lit(AMAZON_EPOCH, dtype=pl.Int64) + pl.col("position") * SECONDS_PER_POSITION,
+        ts=pl.lit(AMAZON_LAST_DAY, dtype=pl.Int64) - (last_position - pl.col("position")) * SECONDS_PER_POSITION,
         user_id=pl.col("user_id"),
         session_id=pl.col("user_id"),
         sku=pl.col("item_id"),
