@@ -35,6 +35,7 @@ from artifacts.idmap import encode_ids
 from artifacts.manifest import FeatureEntry, Manifest
 from artifacts.publish import finalize, inventory, save_array, set_current, staging_dir
 from artifacts.ranker import CompiledRanker
+from builder import gate
 from builder.config import BuildConfig
 from builder.index import build_index
 from builder.ingest import load_store
@@ -67,10 +68,12 @@ class BuildError(RuntimeError):
     """A build that cannot produce a bundle (the message says why); nothing was published."""
 
 
-def _build_id(store: Store, config: BuildConfig, when: datetime) -> str:
+def _build_id(store: Store, config: BuildConfig, when: datetime, variant: str = "") -> str:
     digest = hashlib.sha256(msgspec.json.encode(config))
     for name, sha in sorted(store.report.fingerprints.items()):
         digest.update(f"{name}={sha}".encode())
+    # Evaluation builds several bundles from one input (held-out splits): the variant tells them apart.
+    digest.update(variant.encode())
     return f"{when:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
@@ -123,25 +126,47 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def build(
-    data_dir: Path, out_root: Path, config: BuildConfig, progress: Progress | None = None, publish: bool = True
+    data_dir: Path,
+    out_root: Path,
+    config: BuildConfig,
+    progress: Progress | None = None,
+    publish: bool = True,
+    allow_worse: bool = False,
 ) -> BuildResult:
     """Build, verify and (by default) publish a bundle. Nothing under out_root changes unless the
     whole build succeeds; a failure removes its staging directories."""
+    t0 = time.monotonic()
+    store = load_store(Path(data_dir))
+    return build_store(store, out_root, config, progress, publish, ingest_seconds=time.monotonic() - t0, allow_worse=allow_worse)
+
+
+def build_store(
+    store: Store,
+    out_root: Path,
+    config: BuildConfig,
+    progress: Progress | None = None,
+    publish: bool = True,
+    variant: str = "",
+    ingest_seconds: float = 0.0,
+    allow_worse: bool = False,
+) -> BuildResult:
+    """`build` from an already loaded (possibly held-out) store; `variant` names it in the build id.
+
+    Publishing passes the evaluation gate first (builder.gate): a bundle worse than the current one
+    by more than config.gate.margin stays built under out_root but `current` is not moved, and
+    GateRefused says why, unless `allow_worse`."""
     console = progress or ConsoleProgress()
     note = getattr(console, "note", lambda message: None)
-    t_start = time.monotonic()
-    stage_seconds: dict[str, float] = {}
+    t_start = time.monotonic() - ingest_seconds
+    stage_seconds: dict[str, float] = {"ingest": round(ingest_seconds, 3)}
 
     def timed(name: str, t0: float) -> None:
         stage_seconds[name] = round(time.monotonic() - t0, 3)
         note(f"{name}: {stage_seconds[name]:.1f}s")
 
     check_spec(FEATURE_NAMES)
-    t0 = time.monotonic()
-    store = load_store(Path(data_dir))
-    timed("ingest", t0)
     when = datetime.now(timezone.utc)
-    build_id = _build_id(store, config, when)
+    build_id = _build_id(store, config, when, variant)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     if (out_root / build_id).exists():
@@ -210,6 +235,16 @@ def build(
         del train_view, compiled
         timed("ranker", t0)
 
+        backtest_result = None
+        if config.gate.enabled:
+            t0 = time.monotonic()
+            # The bundle's "as of the cut-off" twin, servable: its own snapshot and the new ranker.
+            write_snapshot(store, cutoff, config.recent_items, config.purchased_items, train_dir / layout.SHOPPER_SNAPSHOT)
+            _link(staging / layout.RANKER_LIB, train_dir / layout.RANKER_LIB)
+            backtest_result = gate.backtest(store, open_staging(train_dir), cutoff, config.ranker.valid_fraction, config.gate)
+            evaluation |= gate.eval_entries(backtest_result)
+            timed("backtest", t0)
+
         t0 = time.monotonic()
         table_stats = build_tables(store, end, config.tables, staging)
         timed("tables", t0)
@@ -268,6 +303,16 @@ def build(
         final = finalize(staging, manifest)
         open_bundle(final, verify="full")  # read back what we wrote, as the engine will
         timed("manifest", t0)
+        if publish and backtest_result is not None:
+            ok, why = gate.verdict(backtest_result, out_root, cutoff, config.gate)
+            note(why)
+            if not ok and not allow_worse:
+                raise gate.GateRefused(
+                    f"{why}: bundle {build_id} is worse than the current one by more than gate.margin and was not "
+                    f"published (it stays in {final}); publish it anyway with `aisle build --allow-worse`"
+                )
+            if not ok:
+                note("gate: publishing anyway (--allow-worse)")
         if publish:
             set_current(out_root, build_id)
     except BaseException:

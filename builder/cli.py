@@ -51,11 +51,50 @@ def _cmd_build(args: argparse.Namespace) -> int:
             merged = Path(tmp) / "store"
             counts = merge_events(data, Path(args.events_log), merged)
             print(f"with the live event log: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), file=sys.stderr)
-            result = build(merged, Path(args.out), config, publish=not args.no_publish)
+            result = build(merged, Path(args.out), config, publish=not args.no_publish, allow_worse=args.allow_worse)
     else:
-        result = build(data, Path(args.out), config, publish=not args.no_publish)
+        result = build(data, Path(args.out), config, publish=not args.no_publish, allow_worse=args.allow_worse)
     print(result.path)
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from builder.config import load_build_config
+    from builder.evaluate.evaluate import evaluate
+    from engine.settings import load
+
+    config = load_build_config(Path(args.config) if args.config else None)
+    settings = load(Path(args.settings) if args.settings else None)
+    result = evaluate(
+        Path(args.data), config, settings, protocol=args.protocol, which=args.split, days=args.days, k=args.k,
+        max_users=args.max_users, work_dir=Path(args.workdir) if args.workdir else None, ablation=args.ablation,
+        bootstrap=args.bootstrap, seed=args.seed, dataset=args.dataset, keep_bundle=args.keep_bundle,
+        bundle_path=Path(args.bundle) if args.bundle else None,
+    )
+    result["run"]["command"] = "aisle " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("aisle") else "aisle eval …"
+    if args.json:
+        _write_text(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if args.report:
+        from builder.evaluate.report import write_report
+
+        write_report(result, Path(args.report))
+    m = result["metrics"]
+    rows = [("full", m)] + [(name, b["metrics"]) for name, b in result["baselines"].items()]
+    print(f"{result['dataset']} {result['protocol']} ({result['split']}), {result['users']:,} shoppers, k={result['k']}")
+    for name, row in rows:
+        cells = "  ".join(f"{key} {row[key]:.4f}" for key in ("HR@10", "NDCG@10", "HR@20", "NDCG@20") if key in row)
+        print(f"  {name:<46} {cells}")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write whole or not at all: a reader never sees half a result file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -145,8 +184,32 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="bundle root: writes ROOT/<build_id>/ and moves ROOT/current")
     s.add_argument("--config", help="build config TOML (see docs/build.example.toml)")
     s.add_argument("--no-publish", action="store_true", help="build and verify, but leave ROOT/current alone")
+    s.add_argument("--allow-worse", action="store_true",
+                   help="publish even if the evaluation gate finds the bundle worse than the current one by more than gate.margin")
     s.add_argument("--events-log", metavar="STATE_DIR", help="also learn from the engine's live event log in STATE_DIR (aisle serve --state)")
     s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser("eval", help="hold out, build, and score the served pipeline and baselines (docs/evaluation.md)")
+    s.add_argument("--data", required=True, help="canonical store directory (aisle synth / aisle import)")
+    s.add_argument("--protocol", default="auto", choices=["auto", "loo-full", "temporal"],
+                   help="loo-full: last item per shopper, ranked against all items (the published protocol); "
+                        "temporal: the next new item after a cut-off; auto: loo-full when events carry a split column")
+    s.add_argument("--split", default="test", choices=["test", "valid"], help="loo-full: the last (test) or second-to-last (valid) item")
+    s.add_argument("--days", type=float, default=7.0, help="temporal: days held out after the cut-off (default 7)")
+    s.add_argument("--k", type=int, default=20, help="slate size asked of the engine; metrics @5/@10/@20 up to k (default 20)")
+    s.add_argument("--max-users", type=int, help="evaluate a seeded sample of at most this many held-out shoppers")
+    s.add_argument("--config", help="build config TOML (default: the builder's defaults)")
+    s.add_argument("--settings", help="engine settings TOML (default: the engine's defaults)")
+    s.add_argument("--ablation", action="store_true", help="also score the full pipeline with each ingredient taken out")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dataset", help="name in the report (default: the data directory's name)")
+    s.add_argument("--workdir", help="where the held-out bundle is built (default: beside --data)")
+    s.add_argument("--keep-bundle", action="store_true", help="keep the held-out bundle after scoring")
+    s.add_argument("--bundle", help="score this held-out bundle (from an earlier --keep-bundle run on the same data and split) instead of building one")
+    s.add_argument("--json", help="write the result as JSON here")
+    s.add_argument("--report", help="write a Markdown report (with PNG plots beside it) here")
+    s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("inspect", help="print a bundle's manifest, parts and sizes")
     s.add_argument("bundle", help="a bundle directory, ROOT/current, or ROOT")
@@ -202,6 +265,8 @@ KNOWN_ERRORS = (
     ("engine.settings", "SettingsError"),
     ("builder.ingest.errors", "InputError"),
     ("builder.build", "BuildError"),
+    ("builder.evaluate.evaluate", "EvalError"),
+    ("builder.gate", "GateRefused"),
     ("builder.index", "IndexBuildError"),
     ("builder.ranker", "RankerBuildError"),
     ("engine.eventlog", "EventLogError"),

@@ -61,11 +61,22 @@ class RankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 23
 
 
+class GateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The evaluation gate (builder/gate.py): a bundle whose backtest is worse than the current
+    # bundle's by more than `margin` is built but not published (`aisle build --allow-worse` overrides).
+    enabled: bool = True
+    metric: str = "NDCG@10"  # HR@10 | NDCG@10 | HR@20 | NDCG@20
+    margin: float = 0.1  # relative: refuse below current × (1 − margin); backtests on a few thousand shoppers are noisy
+    max_users: int = 5000  # held-out shoppers scored (a seeded sample)
+    seed: int = 0
+
+
 class BuildConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     two_tower: TwoTowerConfig = TwoTowerConfig()
     index: IndexConfig = IndexConfig()
     tables: TablesConfig = TablesConfig()
     ranker: RankerConfig = RankerConfig()
+    gate: GateConfig = GateConfig()
     recent_items: int = 50  # recent interactions kept per shopper in the feature snapshot
     purchased_items: int = 200  # past purchases kept per shopper (the already-purchased filter)
 
@@ -108,6 +119,12 @@ def validate(config: BuildConfig) -> BuildConfig:
         problems.append("ranker.trees must be ≥ 1 and ranker.leaves ≥ 2")
     if not 0 < config.ranker.valid_fraction < 1:
         problems.append(f"ranker.valid_fraction must be in (0, 1), got {config.ranker.valid_fraction}")
+    if config.gate.metric not in ("HR@10", "NDCG@10", "HR@20", "NDCG@20"):
+        problems.append(f"gate.metric must be HR@10, NDCG@10, HR@20 or NDCG@20, got {config.gate.metric!r}")
+    if not 0 <= config.gate.margin < 1:
+        problems.append(f"gate.margin must be in [0, 1), got {config.gate.margin}")
+    if config.gate.max_users < 1:
+        problems.append("gate.max_users must be ≥ 1")
     if config.tables.covisit_window < 1:
         problems.append("tables.covisit_window must be ≥ 1")
     if problems:

@@ -72,6 +72,13 @@ def _max_grade(rows: np.ndarray, grades: np.ndarray) -> tuple[np.ndarray, np.nda
     return rows[first].astype(np.int32), grades[first].astype(np.int32)
 
 
+def validation_shoppers(n_users: int, valid_fraction: float) -> np.ndarray:
+    """bool [n_users]: the shoppers whose queries validate the ranker rather than train it (a hash
+    of the row, so the choice is stable and the same for every stage that needs it)."""
+    threshold = int(valid_fraction * 1000)
+    return np.fromiter((zlib.crc32(u.to_bytes(8, "little")) % 1000 < threshold for u in range(n_users)), bool, n_users)
+
+
 def sample_queries(store: Store, cutoff: int, window_end: int, max_queries: int, seed: int) -> list[Query]:
     ev = store.events
     rng = np.random.default_rng(seed)
@@ -147,7 +154,7 @@ def build_training_set(
     hits: dict[str, list[float]] = {"home": [], "pdp": [], "cart": []}
     kept: dict[str, int] = {"home": 0, "pdp": 0, "cart": 0}
     n_cands = 0
-    threshold = int(valid_fraction * 1000)
+    valid_side = validation_shoppers(len(store.users), valid_fraction)
     for i, q in enumerate(queries):
         shopper = records.get(q.user_row) or Shopper.anonymous()
         ctx = RequestContext(q.surface, shopper, q.now, q.anchors, shopper.region, shopper.device)
@@ -163,7 +170,7 @@ def build_training_set(
             grade[match] = q.label_grades[pos[match]]
         hits[q.surface].append(float((grade > 0).sum()) / max(len(q.label_rows), 1))
         if (grade > 0).any() and (grade == 0).any():
-            side = "valid" if zlib.crc32(q.user_row.to_bytes(8, "little")) % 1000 < threshold else "train"
+            side = "valid" if valid_side[q.user_row] else "train"
             parts[side]["X"].append(assemble_features(view, ctx, cands))
             parts[side]["y"].append(grade)
             parts[side]["g"].append(len(cands))

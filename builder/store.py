@@ -10,7 +10,7 @@ the code, code 0 of `brands`, `sellers`, `regions` and `devices` is the empty st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -72,6 +72,10 @@ class Events:
     def __len__(self) -> int:
         return len(self.ts)
 
+    def take(self, keep: np.ndarray) -> Events:
+        """The events at `keep` (a bool mask or sorted row positions), order kept."""
+        return Events(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
 
 @dataclass(frozen=True)
 class Users:
@@ -110,3 +114,8 @@ class Store:
     regions: tuple[str, ...]
     devices: tuple[str, ...]
     report: IngestReport
+
+    def with_events(self, keep: np.ndarray) -> Store:
+        """The same catalog and shoppers with only the events at `keep` (bool mask [m] or sorted
+        positions): how evaluation holds interactions out of a build."""
+        return replace(self, events=self.events.take(keep))

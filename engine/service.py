@@ -17,6 +17,7 @@ import numpy as np
 from artifacts import layout
 from artifacts.bundle import Bundle
 from artifacts.errors import BundleError
+from artifacts.featurespec import FEATURE_NAMES
 from artifacts.ranker import CompiledRanker
 from artifacts.usertower import UserTowerError
 from artifacts.vectors import VectorIndexError
@@ -122,7 +123,10 @@ class Recommender:
                 problems[part] = str(exc)
         ranker: CompiledRanker | None = None
         try:
-            ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=int(bundle.manifest.dims["n_features"]))
+            # A staging bundle (the builder's backtest) has no manifest yet; its ranker was just
+            # trained on this engine's feature spec.
+            n_features = int(bundle.manifest.dims["n_features"]) if bundle.manifest else len(FEATURE_NAMES)
+            ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=n_features)
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
         self.load_report = LoadReport(**problems)

@@ -192,6 +192,8 @@ def retrieval_scores(cands: Candidates) -> np.ndarray:
     """Ranker-free order: each source's scores scaled to [0, 1], summed, so items several sources
     agree on come first. float32 [n]."""
     s = cands.source_scores
+    if len(s) == 0:  # everything was filtered out (e.g. the whole catalog out of stock)
+        return np.zeros(0, np.float32)
     top = s.max(axis=0)
     return (s / np.where(top > 0, top, 1.0)).sum(axis=1).astype(np.float32)
 

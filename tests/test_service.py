@@ -25,7 +25,7 @@ def recommender(tiny_bundle: Path) -> Recommender:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**31 - 1), stock_share=st.sampled_from([0.02, 0.1, 0.5, 0.95]), surface=st.sampled_from(["home", "pdp", "cart"]))
+@given(seed=st.integers(0, 2**31 - 1), stock_share=st.sampled_from([0.0, 0.02, 0.1, 0.5, 0.95]), surface=st.sampled_from(["home", "pdp", "cart"]))
 def test_random_stock_flags_never_leak_an_out_of_stock_item(recommender: Recommender, seed: int, stock_share: float, surface: str) -> None:
     rng = np.random.default_rng(seed)
     view = recommender.view
