@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"engine", "kernels", "artifacts", "builder", "bench", "tests"}
-TRAINING = {"torch", "lightgbm", "tl2cgen", "onnx", "onnxscript", "polars", "pyarrow", "pandas", "sklearn"}
+TRAINING = {"torch", "lightgbm", "tl2cgen", "onnx", "onnxscript", "polars", "pyarrow", "pandas", "sklearn", "matplotlib"}
 STDLIB = set(sys.stdlib_module_names)
 
 

@@ -184,7 +184,7 @@ def _markdown(result: dict[str, Any], variants: list[Variant], plots: dict[str, 
             users = f"{int(body['users']):,}" if _is_num(body.get("users")) else DASH
             per_variant = body.get("metrics") or {}
             for key in _segment_keys({segment: body}, variants):
-                rows.append([segment, users, _segment_label(key), *(_num(per_variant[key].get(c)) for c in SEGMENT_COLUMNS)])
+                rows.append([segment, users, _segment_label(key), *(_num((per_variant[key] or {}).get(c)) for c in SEGMENT_COLUMNS)])
         out += ["## Segments", "", *_table(["Segment", "Users", "Variant", *SEGMENT_COLUMNS], rows, text_columns=3), ""]
         out += [_image("HR@10 per segment and variant", plots["segments"]), ""]
 
@@ -261,9 +261,9 @@ def _plot_metrics(variants: list[Variant], path: Path) -> None:
         intervals = [_interval(v.metrics.get(m), v.ci.get(m)) for m in PLOTTED]
         style: dict[str, Any] = {"color": f"C{i}"}
         if any(intervals):
-            # Asymmetric error bars from the CI; clipped at 0 because matplotlib rejects negative extents.
-            below = [max(0.0, h - iv[0]) if iv else 0.0 for h, iv in zip(heights, intervals)]
-            above = [max(0.0, iv[1] - h) if iv else 0.0 for h, iv in zip(heights, intervals)]
+            # Asymmetric error bars from the CI (NaN: no bar, no cap); clipped at 0 as matplotlib rejects negatives.
+            below = [max(0.0, h - iv[0]) if iv else math.nan for h, iv in zip(heights, intervals)]
+            above = [max(0.0, iv[1] - h) if iv else math.nan for h, iv in zip(heights, intervals)]
             style |= {"yerr": [below, above], "capsize": 2}
         if v.published:  # published rows are someone else's numbers: hatched and faded
             style |= {"hatch": "//", "alpha": 0.5, "edgecolor": "black", "linewidth": 0.5}
