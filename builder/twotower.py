@@ -12,17 +12,31 @@ Item tower: L2-normalise( id embedding + MLP(metadata) ).
   - export (`ItemMetadataTower`, item_tower.onnx): L2-normalise(MLP(metadata)), i.e. the vector of
     an item without an id embedding, with the price bucketing and code clamping inside the graph;
     verified against the stored vectors of the catalog's cold items.
-User tower: reads the item tower's OUTPUTS for the L most recent interactions (so serving can feed
-the bundle's item vectors) and [region, device]; recency embeddings, attention pooling with a
-context-dependent query, masked mean and the newest item → MLP (+ the pooled vector) → normalise.
+User tower (`UserTowerModel`): reads the item tower's OUTPUTS for the L most recent interactions,
+newest in the last slot, left-padded (so serving feeds the bundle's item vectors), and [region,
+device]. SASRec-style: the item vectors (× √D) go through `blocks` pre-norm transformer blocks of
+causal self-attention (`heads` heads, a learned bias per head and slot distance instead of
+absolute positions) and a GELU feed-forward layer, with `dropout`; the user vector is
+L2-normalise(LayerNorm(state at the newest slot) + Linear(context)). With no history at all the
+state is replaced by Linear(context), so a new shopper still gets a vector.
 
-Examples: one per positive interaction (click, add to cart, purchase) with ts < until_ts, in each
-shopper's time order; its history is the previous ≤ L interactions (possibly none). Consecutive
-repeats of the same item by the same shopper (click → cart → purchase of one SKU) are collapsed to
-one interaction: the funnel on one SKU says nothing about the next item, and would otherwise teach
-the model to retrieve the item just viewed. The newest `max_examples` are kept.
-Loss: in-batch sampled softmax over cosine / temperature, logQ-corrected by each item's frequency
-among the targets, with accidental hits (another row's positive is the same item) masked.
+Training data: the positive interactions (click, add to cart, purchase) with ts < until_ts, in each
+shopper's time order. Consecutive repeats of the same item by the same shopper (click → cart →
+purchase of one SKU) are collapsed to one interaction: the funnel on one SKU says nothing about the
+next item, and would otherwise teach the model to retrieve the item just viewed. Every interaction
+is a target (the first one of a shopper: of the no-history vector); the newest `max_examples` are
+kept. They are cut into windows of L + 1 interactions (`Sequences`), and one forward pass of a
+window trains the output at every slot on the next interaction, as in SASRec; since positions are
+relative, the output at slot t is exactly what serving computes for that prefix. A step holds
+about `batch_size` targets from windows of similar length, trimmed of shared leading padding.
+
+Loss, by catalog size (`uses_full_softmax`):
+  - full softmax: cross-entropy over EVERY catalog item (all item vectors recomputed by the item
+    tower at each step, in blocks, `_CatalogCrossEntropy`) of cosine / temperature, when catalog
+    items × targets (the logits of one epoch) is at most `full_softmax_logits`;
+  - above that, in-batch sampled softmax over the step's distinct targets, logQ-corrected by each
+    item's share of the targets (one column per item, so another row's positive for the same item
+    is never a negative).
 """
 
 from __future__ import annotations
@@ -71,6 +85,7 @@ PRICE_BUCKETS = 16  # log-price quantile buckets; bucket PRICE_BUCKETS is "price
 MASK_VALUE = -1e9
 CONTEXT_WIDTH = 16  # width of the region and device embeddings each
 _ITEM_CHUNK = 65_536  # items per forward pass when vectoring the whole catalog
+_LOGIT_BLOCK = (1024, 512)  # users × items per block of the full softmax (2 MB of float32 logits)
 _VERIFY_COLD_ITEMS = 8_192  # cold catalog items (a random sample) checked against the exported item tower
 
 
@@ -97,6 +112,8 @@ class TwoTowerResult:
     exporter: str = ""  # "dynamo" or "torchscript"
     item_tower_path: Path | None = None  # out_dir/item_tower.onnx (metadata path, for new SKUs)
     max_abs_diff_item_tower: float = 0.0  # ONNX item tower vs stored cold-item vectors and vs torch
+    softmax: str = ""  # "full" (whole catalog) or "sampled" (in-batch, logQ): see uses_full_softmax
+    windows: int = 0  # training windows (sequences) per epoch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,20 +121,20 @@ class TwoTowerResult:
 
 
 @dataclass(frozen=True)
-class Examples:
-    """Training examples, oldest first. hist uses -1 for padding; most recent item LAST."""
+class Interactions:
+    """Every shopper's positive interactions before the cut-off, grouped by shopper and in time
+    order, consecutive repeats collapsed; `keep` marks the training targets (the newest
+    `max_examples`)."""
 
-    target: np.ndarray  # int32 [N] item rows
-    hist: np.ndarray  # int32 [N, L]
-    context: np.ndarray  # int64 [N, 2] region, device codes
-    ts: np.ndarray  # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.target)
+    item: np.ndarray  # int32 [n] item rows
+    start: np.ndarray  # int64 [n] index of the shopper's first interaction
+    context: np.ndarray  # int32 [n, 2] region, device codes of the event
+    ts: np.ndarray  # int64 [n]
+    keep: np.ndarray  # int64 [k] indices of the targets kept, oldest first
 
 
-def build_examples(store: Store, until_ts: int, history_len: int, max_examples: int) -> Examples:
-    """One example per positive interaction before `until_ts` (see the module docstring)."""
+def select_interactions(store: Store, until_ts: int, max_examples: int) -> Interactions:
+    """Positive interactions before `until_ts` (see the module docstring)."""
     ev = store.events
     picked = np.flatnonzero((ev.ts < until_ts) & np.isin(ev.type, POSITIVE_TYPES))
     # lexsort is stable: ties in (user, ts) keep the log's input order.
@@ -133,15 +150,90 @@ def build_examples(store: Store, until_ts: int, history_len: int, max_examples: 
     first = np.ones(n, dtype=bool)
     first[1:] = user[1:] != user[:-1]
     start = np.maximum.accumulate(np.where(first, positions, 0)) if n else positions
-
-    ts = ev.ts[picked]
+    ts = ev.ts[picked].astype(np.int64)
     keep = np.argsort(ts, kind="stable")[max(0, n - max_examples) :]  # the newest, oldest first
-    offsets = np.arange(-history_len, 0, dtype=np.int64)
-    source = keep[:, None] + offsets[None, :]
-    valid = source >= start[keep][:, None]
-    hist = np.where(valid, item[np.maximum(source, 0)], -1).astype(np.int32)
-    context = np.stack([ev.region[picked[keep]], ev.device[picked[keep]]], axis=1).astype(np.int64)
-    return Examples(target=item[keep].astype(np.int32), hist=hist, context=context, ts=ts[keep].astype(np.int64))
+    context = np.stack([ev.region[picked], ev.device[picked]], axis=1).astype(np.int32)
+    return Interactions(item=item.astype(np.int32), start=start, context=context, ts=ts, keep=keep)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One example per training target, oldest first. hist uses -1 for padding; most recent item
+    LAST. The per-target view of the training data (the model trains on `Sequences`)."""
+
+    target: np.ndarray  # int32 [N] item rows
+    hist: np.ndarray  # int32 [N, L]
+    context: np.ndarray  # int64 [N, 2] region, device codes
+    ts: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def build_examples(store: Store, until_ts: int, history_len: int, max_examples: int) -> Examples:
+    """One example per positive interaction before `until_ts` (see the module docstring)."""
+    inter = select_interactions(store, until_ts, max_examples)
+    keep = inter.keep
+    source = keep[:, None] + np.arange(-history_len, 0, dtype=np.int64)[None, :]
+    valid = source >= inter.start[keep][:, None]
+    hist = np.where(valid, inter.item[np.maximum(source, 0)], -1).astype(np.int32)
+    return Examples(
+        target=inter.item[keep], hist=hist, context=inter.context[keep].astype(np.int64), ts=inter.ts[keep]
+    )
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Training windows over the shoppers' interaction sequences, SASRec style. Window w holds
+    L + 1 consecutive interactions of one shopper, left-padded with -1: slot t (< L) is input and
+    the interaction in slot t + 1 is the target of the output at slot t. A target whose input slot
+    is padding is the shopper's first interaction: it trains the no-history (context-only) output.
+    Only `counted` targets enter the loss, so every training target is counted exactly once."""
+
+    items: np.ndarray  # int32 [W, L + 1] item rows, -1 = padding; most recent LAST
+    counted: np.ndarray  # bool [W, L] target slot t + 1 is a training target of this window
+    context: np.ndarray  # int32 [W, L, 2] region, device of the target event of slot t + 1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.counted.sum())
+
+    def targets(self) -> np.ndarray:
+        """int32 [n_targets] item rows of every counted target (each once)."""
+        return self.items[:, 1:][self.counted]
+
+
+def build_sequences(store: Store, until_ts: int, history_len: int, max_examples: int) -> Sequences:
+    """Windows over the same targets as `build_examples` (see `Sequences`).
+
+    A shopper with n interactions gets ceil(n / S) windows ending at n, n - S, n - 2S, …, with
+    stride S = max(1, L // 2); the window ending at e counts the targets in [e - S, e), so a target
+    in a later window still sees at least L - S + 1 earlier interactions, as it would at serving
+    (where the tower reads the newest L). With S = L the early slots of a window would see only the
+    window's own items."""
+    inter = select_interactions(store, until_ts, max_examples)
+    n = len(inter.item)
+    length = history_len
+    stride = max(1, length // 2)
+    is_target = np.zeros(n, dtype=bool)
+    is_target[inter.keep] = True
+    firsts = np.flatnonzero(inter.start == np.arange(n)) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(firsts, n))
+    per_user = -(-sizes // stride)
+    owner = np.repeat(np.arange(len(firsts)), per_user)
+    back = np.arange(len(owner)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    end = sizes[owner] - back * stride  # exclusive end of the window, within the shopper
+    within = end[:, None] - length - 1 + np.arange(length + 1)[None, :]  # slot → index within shopper
+    valid = within >= 0
+    source = firsts[owner][:, None] + np.maximum(within, 0)
+    items = np.where(valid, inter.item[source], -1).astype(np.int32)
+    counted = valid[:, 1:] & is_target[source[:, 1:]] & (within[:, 1:] >= (end - stride)[:, None])
+    used = counted.any(axis=1)
+    context = inter.context[source[used][:, 1:]]
+    return Sequences(items=items[used], counted=counted[used], context=context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +274,9 @@ def _finite_text(text: np.ndarray) -> np.ndarray:
 class ItemTower(nn.Module):
     """Item rows (int64 [n]) → float32 [n, dim] unit vectors. Item features live in buffers."""
 
-    def __init__(self, store: Store, id_slot: np.ndarray, n_id_slots: int, dim: int, hidden: int) -> None:
+    def __init__(
+        self, store: Store, id_slot: np.ndarray, n_id_slots: int, dim: int, hidden: int, sparse_ids: bool = False
+    ) -> None:
         super().__init__()
         items = store.items
         n_nodes = max(len(store.categories), int(items.category.max(initial=0)) + 1, int(items.cat_top.max(initial=0)) + 1)
@@ -200,7 +294,9 @@ class ItemTower(nn.Module):
             ("price", bucket),
         ):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int32)), persistent=False)
-        self.id_embedding = nn.Embedding(n_id_slots + 1, dim, padding_idx=0)  # slot 0: no id
+        # slot 0: no id. sparse_ids: a step that touches few rows of a large table updates only
+        # those (`_train` gives it SparseAdam) instead of running Adam over every row.
+        self.id_embedding = nn.Embedding(n_id_slots + 1, dim, padding_idx=0, sparse=sparse_ids)
         nn.init.normal_(self.id_embedding.weight, std=0.01)
         with torch.no_grad():
             self.id_embedding.weight[0].zero_()
@@ -377,79 +473,290 @@ class ItemMetadataTower(nn.Module):
         return inputs
 
 
+class _CausalBlock(nn.Module):
+    """Pre-norm transformer block: causal multi-head self-attention with a learned bias per head
+    and distance (query slot − key slot), then a feed-forward layer; both residual."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, history_len: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.distance_bias = nn.Parameter(torch.zeros(heads, history_len))
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """x [B, W, D] (W ≤ L slots); mask_bias [B, 1, W, W] (0 or MASK_VALUE); distance int64 [W, W]."""
+        length, heads, head_dim = x.shape[1], self.heads, self.head_dim
+        qkv = self.qkv(self.attention_norm(x)).reshape(-1, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + mask_bias + self.distance_bias[:, distance]
+        weights = self.dropout(torch.softmax(logits, dim=-1))
+        y = (weights @ v).transpose(1, 2).reshape(-1, length, heads * head_dim)
+        x = x + self.dropout(self.attention_out(y))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
 class UserTowerModel(nn.Module):
     """(hist float32 [B,L,D], hist_mask float32 [B,L], context int64 [B,2]) → float32 [B,D].
+
+    A SASRec-style causal transformer over the history's item vectors; the user vector is read at
+    the newest slot (L − 1). Positions enter only as a learned attention bias per (head, distance
+    between slots), so the output at a slot depends on the items up to it and their recency, not
+    on the slot: training reads every slot of a left-padded window (`sequence` + `readout`) and
+    each slot's output is exactly what serving computes when that prefix is the newest history.
+    A history that is empty (the newest slot is padding) gives a vector from the context alone.
 
     The exported graph; it must stay traceable by torch.onnx (no data-dependent Python control flow).
     """
 
-    def __init__(self, dim: int, history_len: int, hidden: int, n_regions: int, n_devices: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        history_len: int,
+        hidden: int,
+        n_regions: int,
+        n_devices: int,
+        blocks: int = 2,
+        heads: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if dim % heads:
+            raise TwoTowerError(f"dim {dim} is not a multiple of heads {heads}")
         self.n_regions = n_regions
         self.n_devices = n_devices
-        self.scale = 1.0 / math.sqrt(dim)
-        self.position = nn.Parameter(torch.randn(history_len, dim) * 0.02)
+        self.history_len = history_len
+        self.dim = dim
+        # Item vectors are unit length; √D puts their coordinates on the scale of the layers' N(0, 1).
+        self.input_scale = math.sqrt(dim)
+        slots = torch.arange(history_len)
+        offset = slots[:, None] - slots[None, :]
+        # Future slots (offset < 0) are masked by `causal`; clamping only keeps their index valid.
+        self.register_buffer("distance", offset.clamp(min=0), persistent=False)
+        self.register_buffer("causal", torch.where(offset < 0, MASK_VALUE, 0.0).float(), persistent=False)
+        self.input_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_CausalBlock(dim, heads, hidden, history_len, dropout) for _ in range(blocks))
+        self.final_norm = nn.LayerNorm(dim)
         self.region_embedding = nn.Embedding(n_regions, CONTEXT_WIDTH)
         self.device_embedding = nn.Embedding(n_devices, CONTEXT_WIDTH)
-        self.query = nn.Linear(2 * CONTEXT_WIDTH, dim)
-        self.query_bias = nn.Parameter(torch.randn(dim) * 0.1)
-        self.mlp = nn.Sequential(nn.Linear(3 * dim + 2 * CONTEXT_WIDTH, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.context_shift = nn.Linear(2 * CONTEXT_WIDTH, dim)
+        self.no_history = nn.Linear(2 * CONTEXT_WIDTH, dim)
 
-    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def sequence(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """States float32 [B, W, D] of every slot (zero at padding slots) of hist [B, W, D],
+        hist_mask [B, W]. W ≤ L: training drops the leading slots that are padding in the whole
+        batch, which changes nothing (positions are relative) and saves their cost."""
+        width = hist.shape[1]
+        distance = self.distance[:width, :width]
+        mask = hist_mask.unsqueeze(-1)
+        x = self.input_dropout(hist * mask * self.input_scale)
+        # A padding key is never attended to; a padding query (every key masked) softmaxes to finite
+        # weights over masked keys and is zeroed below.
+        mask_bias = (self.causal[:width, :width] + (1.0 - hist_mask).unsqueeze(1) * MASK_VALUE).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, mask_bias, distance) * mask
+        return x
+
+    def readout(self, state: torch.Tensor, real: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """state float32 [N, D] of one slot each, real float32 [N] (1 when the slot holds an item),
+        context int64 [N, 2] → L2-normalised user vectors float32 [N, D]."""
         region, device = context[:, 0], context[:, 1]
         # Unknown codes → 0 inside the graph too, so a caller that skips the wrapper cannot make
         # ORT's Gather fail on an out-of-range index.
         region = torch.where((region >= 0) & (region < self.n_regions), region, torch.zeros_like(region))
         device = torch.where((device >= 0) & (device < self.n_devices), device, torch.zeros_like(device))
         ctx = torch.cat([self.region_embedding(region), self.device_embedding(device)], dim=-1)
-        mask = hist_mask.unsqueeze(-1)
-        hist = hist * mask  # whatever sits in padding slots is ignored
-        keys = hist + self.position * mask
-        query = self.query(ctx) + self.query_bias
-        logits = (keys * query.unsqueeze(1)).sum(dim=-1) * self.scale + (1.0 - hist_mask) * MASK_VALUE
-        weights = torch.softmax(logits, dim=-1)
-        pooled = (weights.unsqueeze(-1) * hist).sum(dim=1)
-        mean = hist.sum(dim=1) / hist_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
-        newest = hist[:, -1, :]
-        out = self.mlp(torch.cat([pooled, mean, newest, ctx], dim=-1)) + pooled
-        return _normalise(out)
+        real = real.unsqueeze(-1)
+        out = real * self.final_norm(state) + (1.0 - real) * self.no_history(ctx)
+        return _normalise(out + self.context_shift(ctx))
+
+    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        states = self.sequence(hist, hist_mask)
+        return self.readout(states[:, -1], hist_mask[:, -1], context)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training
 
 
-def _batch_loss(
+@dataclass(frozen=True)
+class _Batch:
+    """One step's windows, trimmed to the slots any of them uses, flattened to counted targets."""
+
+    inputs: np.ndarray  # int32 [B, W] item rows, -1 = padding (W ≤ L: the newest W slots)
+    window: np.ndarray  # int64 [P] window of each counted target
+    slot: np.ndarray  # int64 [P] input slot (of W) whose output predicts the target
+    target: np.ndarray  # int64 [P] item rows
+    context: np.ndarray  # int64 [P, 2]
+
+
+def _spans(seq: Sequences) -> np.ndarray:
+    """int64 [W]: trailing slots each window needs (its real inputs, plus the padding slot of a
+    counted first-interaction target)."""
+    needed = (seq.items[:, :-1] >= 0) | seq.counted
+    return needed.shape[1] - np.argmax(needed, axis=1)
+
+
+def _take_batch(seq: Sequences, idx: np.ndarray, width: int) -> _Batch:
+    skip = seq.items.shape[1] - 1 - width
+    items = seq.items[idx, skip:]
+    window, slot = np.nonzero(seq.counted[idx, skip:])
+    return _Batch(
+        inputs=items[:, :-1],
+        window=window,
+        slot=slot,
+        target=items[window, slot + 1].astype(np.int64),
+        context=seq.context[idx, skip:][window, slot].astype(np.int64),
+    )
+
+
+def _epoch_batches(spans: np.ndarray, targets: np.ndarray, budget: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Window indices per step, in random order: windows of similar span share a step (so trimming
+    saves most padding) and each step holds about `budget` counted targets."""
+    order = rng.permutation(len(spans))
+    order = order[np.argsort(spans[order], kind="stable")]
+    step_of = (np.cumsum(targets[order]) - 1) // max(1, budget)
+    cuts = np.flatnonzero(np.diff(step_of)) + 1
+    batches = np.split(order, cuts)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _user_vectors(users: UserTowerModel, hist_vecs: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """float32 [P, D]: the user vector at the slot of each counted target."""
+    real = torch.from_numpy((batch.inputs >= 0).astype(np.float32))
+    states = users.sequence(hist_vecs, real)
+    window, slot = torch.from_numpy(batch.window), torch.from_numpy(batch.slot)
+    return users.readout(states[window, slot], real[window, slot], torch.from_numpy(batch.context))
+
+
+def _id_keep(rows: np.ndarray, id_known: np.ndarray, rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """float32 [n]: 0 drops the row's id embedding this step (id dropout), else 1."""
+    drop = id_known[rows] & (rng.random(len(rows)) < rate)
+    return torch.from_numpy(np.where(drop, 0.0, 1.0).astype(np.float32))
+
+
+def _full_softmax_loss(
     items: ItemTower,
     users: UserTowerModel,
-    ex: Examples,
-    idx: np.ndarray,
-    log_q: torch.Tensor,
+    batch: _Batch,
+    id_known: np.ndarray,
     config: TwoTowerConfig,
     rng: np.random.Generator,
-    id_known: np.ndarray,
 ) -> torch.Tensor:
-    target = ex.target[idx]
-    hist = ex.hist[idx]
-    real = hist >= 0
-    # The item tower runs once over the batch's distinct items; targets and histories gather from it.
-    unique, inverse = np.unique(np.concatenate([target, hist[real]]), return_inverse=True)
-    keep = np.where(id_known[unique] & (rng.random(len(unique)) < config.id_dropout), 0.0, 1.0)
-    vectors = items(torch.from_numpy(unique.astype(np.int64)), torch.from_numpy(keep.astype(np.float32)))
-    vectors = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # last row: padding
-    b = len(idx)
-    hist_pos = np.full(hist.shape, len(unique), dtype=np.int64)
-    hist_pos[real] = inverse[b:]
-    hist_vecs = vectors[torch.from_numpy(hist_pos)]
-    target_vecs = vectors[torch.from_numpy(inverse[:b].astype(np.int64))]
-    user_vecs = users(hist_vecs, torch.from_numpy(real.astype(np.float32)), torch.from_numpy(ex.context[idx]))
+    """Cross-entropy over the whole catalog: every item goes through the item tower this step."""
+    n_items = len(id_known)
+    every = np.arange(n_items, dtype=np.int64)
+    vectors = items(torch.from_numpy(every), _id_keep(every, id_known, config.id_dropout, rng))
+    padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # row n_items: padding
+    rows = np.where(batch.inputs >= 0, batch.inputs, n_items).astype(np.int64)
+    user_vecs = _user_vectors(users, padded[torch.from_numpy(rows)], batch)
+    return _CatalogCrossEntropy.apply(user_vecs / config.temperature, vectors, torch.from_numpy(batch.target))
 
-    target_t = torch.from_numpy(target.astype(np.int64))
-    logits = user_vecs @ target_vecs.T / config.temperature - log_q[target_t].unsqueeze(0)
-    accidental = target_t.unsqueeze(0) == target_t.unsqueeze(1)
-    accidental.fill_diagonal_(False)
-    logits = logits.masked_fill(accidental, MASK_VALUE)
-    return F.cross_entropy(logits, torch.arange(b))
+
+class _CatalogCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of users float32 [P, D] · items float32 [N, D]ᵀ against target int64 [P].
+
+    The [P, N] logits (hundreds of MB, and every pass over them bound by memory bandwidth) are never
+    stored: the forward pass sums exp(logit − bound) block by block (_LOGIT_BLOCK users × items,
+    a block fits in a core's L2 cache) and the backward pass recomputes each block.
+    bound_p = |u_p| · max |v| ≥ every logit of row p (Cauchy–Schwarz), so no running maximum is
+    needed and nothing overflows. The matrix products run in `_logit_dtype()` (bfloat16 where the
+    CPU has native bfloat16 dot products); sums, exponentials and gradients are float32. Together
+    about 4× faster than `F.cross_entropy` over the full matrix on this machine."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, users: torch.Tensor, items: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        users, items = users.detach(), items.detach()
+        dtype = _logit_dtype()
+        low_users, low_items = users.to(dtype), items.to(dtype)
+        bound = users.norm(dim=1) * items.norm(dim=1).max()
+        total = torch.zeros(len(users))
+        rows, cols = _LOGIT_BLOCK
+        for r in range(0, len(users), rows):
+            block_users, block_bound, block_total = low_users[r : r + rows], bound[r : r + rows, None], total[r : r + rows]
+            for c in range(0, len(items), cols):
+                logits = (block_users @ low_items[c : c + cols].T).float()
+                block_total += logits.sub_(block_bound).exp_().sum(dim=1)
+        lse = total.log() + bound
+        if not torch.isfinite(lse).all():
+            # A row far from every item underflowed (only with a very low temperature): exactly, then.
+            lse = torch.logsumexp(users @ items.T, dim=1)
+        ctx.save_for_backward(users, items, target, lse)
+        return (lse - (users * items[target]).sum(dim=1)).mean()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        users, items, target, lse = ctx.saved_tensors
+        scale = grad / len(users)
+        dtype = _logit_dtype()
+        low_users, low_items = users.to(dtype), items.to(dtype)
+        grad_users = torch.zeros_like(users)
+        grad_items = torch.zeros_like(items)
+        rows, cols = _LOGIT_BLOCK
+        for r in range(0, len(users), rows):
+            block_users, block_lse, block_grad = low_users[r : r + rows], lse[r : r + rows, None], grad_users[r : r + rows]
+            for c in range(0, len(items), cols):
+                part = low_items[c : c + cols]
+                prob = (block_users @ part.T).float().sub_(block_lse).exp_().mul_(scale).to(dtype)
+                block_grad += (prob @ part).float()
+                grad_items[c : c + cols] += (block_users.T @ prob).T.float()
+        grad_users -= scale * items[target]
+        grad_items.index_add_(0, target, -scale * users)
+        return grad_users, grad_items, None
+
+
+def _logit_dtype() -> torch.dtype:
+    """bfloat16 where the CPU multiplies it natively (AVX512-BF16 or AMX), else float32 (bfloat16
+    emulated in float32 would only lose precision). torch has no public query: a private one,
+    guarded, with float32 as the answer when it is missing."""
+    try:
+        capability = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return torch.float32
+    native = capability.get("avx512_bf16") or capability.get("amx_bf16")
+    return torch.bfloat16 if native else torch.float32
+
+
+def _sampled_softmax_loss(
+    items: ItemTower,
+    users: UserTowerModel,
+    batch: _Batch,
+    log_q: torch.Tensor,
+    id_known: np.ndarray,
+    config: TwoTowerConfig,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """Softmax over the batch's distinct targets, logQ-corrected by each item's share of the
+    targets. A target is one column, so another row's positive for the same item (an accidental
+    hit) cannot be a negative."""
+    real = batch.inputs >= 0
+    candidates, target_col = np.unique(batch.target, return_inverse=True)
+    # The item tower runs once over the step's distinct items; candidates and histories gather from it.
+    unique, inverse = np.unique(np.concatenate([candidates, batch.inputs[real]]), return_inverse=True)
+    vectors = items(torch.from_numpy(unique.astype(np.int64)), _id_keep(unique, id_known, config.id_dropout, rng))
+    padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # last row: padding
+    rows = np.full(batch.inputs.shape, len(unique), dtype=np.int64)
+    rows[real] = inverse[len(candidates) :]
+    user_vecs = _user_vectors(users, padded[torch.from_numpy(rows)], batch)
+    candidate_t = torch.from_numpy(candidates.astype(np.int64))
+    candidate_vecs = vectors[torch.from_numpy(inverse[: len(candidates)].astype(np.int64))]
+    logits = user_vecs @ candidate_vecs.T / config.temperature - log_q[candidate_t].unsqueeze(0)
+    return F.cross_entropy(logits, torch.from_numpy(target_col.astype(np.int64)))
+
+
+def uses_full_softmax(n_items: int, n_targets: int, config: TwoTowerConfig) -> bool:
+    """The whole catalog is the softmax when one epoch of it is affordable: its cost (item tower
+    over the catalog at every step, plus the logits) grows with items × targets. Amazon Beauty
+    (12k items × 176k targets, 2.1e9) and Sports (18k × 261k, 4.8e9) train this way; the
+    synthetic `1m` store (1M × ~650k) takes the sampled softmax, whose cost grows with targets only."""
+    return n_items * n_targets <= config.full_softmax_logits
 
 
 def item_vectors(items: ItemTower, n_items: int, progress: Progress | None = None) -> np.ndarray:
@@ -481,30 +788,43 @@ def train_two_tower(
     n_items = len(store.items)
     if n_items == 0:
         raise TwoTowerError("the catalog is empty: no item vectors to train")
-    ex = build_examples(store, until_ts, config.history_len, config.max_examples)
-    if len(ex) < 2:
+    seq = build_sequences(store, until_ts, config.history_len, config.max_examples)
+    targets = seq.targets()
+    if len(targets) < 2:
         raise TwoTowerError(
-            f"only {len(ex)} click/add_to_cart/purchase events before until_ts={until_ts}; "
+            f"only {len(targets)} click/add_to_cart/purchase events before until_ts={until_ts}; "
             "the two-tower model needs at least 2 (check the cut-off and the event types)"
         )
-    target_count = np.bincount(ex.target, minlength=n_items)
+    target_count = np.bincount(targets, minlength=n_items)
     id_known = target_count >= config.id_min_count
     id_slot = np.zeros(n_items, dtype=np.int64)
     id_slot[id_known] = np.arange(1, int(id_known.sum()) + 1)
     # Codes beyond the vocab (a store whose tuples are shorter than its codes) still need a row.
-    n_regions = max(len(store.regions), int(ex.context[:, 0].max()) + 1, 1)
-    n_devices = max(len(store.devices), int(ex.context[:, 1].max()) + 1, 1)
-    log_q = torch.from_numpy(np.log(np.maximum(target_count, 1) / len(ex)).astype(np.float32))
+    n_regions = max(len(store.regions), int(seq.context[..., 0].max()) + 1, 1)
+    n_devices = max(len(store.devices), int(seq.context[..., 1].max()) + 1, 1)
+    log_q = torch.from_numpy(np.log(np.maximum(target_count, 1) / len(targets)).astype(np.float32))
+    full = uses_full_softmax(n_items, len(targets), config)
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            items = ItemTower(store, id_slot, int(id_known.sum()), config.dim, config.hidden)
-            users = UserTowerModel(config.dim, config.history_len, config.hidden, n_regions, n_devices)
+            # The sampled softmax touches a step's items only: sparse id updates (the full softmax
+            # touches every item at every step, where dense Adam is the cheaper one).
+            items = ItemTower(store, id_slot, int(id_known.sum()), config.dim, config.hidden, sparse_ids=not full)
+            users = UserTowerModel(
+                config.dim, config.history_len, config.hidden, n_regions, n_devices,
+                config.blocks, config.heads, config.dropout,
+            )  # fmt: skip
+
+            def loss_of(batch: _Batch, rng: np.random.Generator) -> torch.Tensor:
+                if full:
+                    return _full_softmax_loss(items, users, batch, id_known, config, rng)
+                return _sampled_softmax_loss(items, users, batch, log_q, id_known, config, rng)
+
             train_started = time.perf_counter()
-            epochs_run, final_loss, stopped = _train(items, users, ex, log_q, id_known, config, progress)
+            epochs_run, final_loss, stopped = _train(items, users, seq, loss_of, config, progress)
             train_seconds = time.perf_counter() - train_started
             vectors = item_vectors(items, n_items, progress)
             if not np.isfinite(vectors).all():
@@ -519,7 +839,7 @@ def train_two_tower(
             if progress is not None:
                 progress("two_tower: export onnx", 1, 1)
                 progress("two_tower: verify onnx", 0, 1)
-            diff = verify_user_tower(users, onnx_path, vectors, ex, config.seed)
+            diff = verify_user_tower(users, onnx_path, vectors, seq, config.seed)
             if progress is not None:
                 progress("two_tower: verify onnx", 1, 1)
                 progress("two_tower: export item tower", 0, 1)
@@ -541,7 +861,7 @@ def train_two_tower(
         dim=config.dim,
         n_regions=n_regions,
         n_devices=n_devices,
-        train_examples=len(ex),
+        train_examples=len(targets),
         epochs_run=epochs_run,
         seconds=time.perf_counter() - started,
         final_loss=final_loss,
@@ -552,25 +872,38 @@ def train_two_tower(
         exporter=exporter,
         item_tower_path=item_onnx_path,
         max_abs_diff_item_tower=item_diff,
+        softmax="full" if full else "sampled",
+        windows=len(seq),
     )
+
+
+def _optimisers(items: ItemTower, users: UserTowerModel, learning_rate: float) -> list[torch.optim.Optimizer]:
+    """Adam for every parameter; SparseAdam for a sparse id embedding table (rows a step did not
+    touch keep their moments: the usual "lazy Adam" of large embedding tables)."""
+    ids = items.id_embedding.weight
+    sparse = [ids] if items.id_embedding.sparse else []
+    dense = [p for p in (*items.parameters(), *users.parameters()) if all(p is not q for q in sparse)]
+    out: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=learning_rate)]
+    if sparse:
+        out.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
+    return out
 
 
 def _train(
     items: ItemTower,
     users: UserTowerModel,
-    ex: Examples,
-    log_q: torch.Tensor,
-    id_known: np.ndarray,
+    seq: Sequences,
+    loss_of: Callable[[_Batch, np.random.Generator], torch.Tensor],
     config: TwoTowerConfig,
     progress: Progress | None,
 ) -> tuple[int, float, bool]:
-    """Adam over shuffled batches → (complete epochs, mean loss of the last epoch, budget hit)."""
+    """Adam over shuffled batches of windows → (complete epochs, mean loss of the last epoch,
+    budget hit)."""
     rng = np.random.default_rng(config.seed)
-    params = list(items.parameters()) + list(users.parameters())
-    optimiser = torch.optim.Adam(params, lr=config.learning_rate)
-    n = len(ex)
-    batch = max(2, config.batch_size)
-    steps = math.ceil(n / batch)
+    optimisers = _optimisers(items, users, config.learning_rate)
+    spans = _spans(seq)
+    per_window = seq.counted.sum(axis=1)
+    steps = math.ceil(int(per_window.sum()) / max(1, config.batch_size))  # about; for progress
     deadline = time.perf_counter() + config.max_seconds
     items.train()
     users.train()
@@ -578,23 +911,22 @@ def _train(
     for epoch in range(config.epochs):
         if epoch > 0 and time.perf_counter() > deadline:
             return epochs_run, final_loss, True
-        order = rng.permutation(n)
+        batches = _epoch_batches(spans, per_window, config.batch_size, rng)
         total, count = 0.0, 0
-        for step in range(steps):
-            idx = order[step * batch : (step + 1) * batch]
-            if len(idx) < 2:  # an in-batch softmax needs a negative
-                continue
-            loss = _batch_loss(items, users, ex, idx, log_q, config, rng, id_known)
-            optimiser.zero_grad(set_to_none=True)
+        for step, idx in enumerate(batches):
+            loss = loss_of(_take_batch(seq, idx, int(spans[idx].max())), rng)
+            for optimiser in optimisers:
+                optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            for optimiser in optimisers:
+                optimiser.step()
             total += float(loss.detach())
             count += 1
             if progress is not None:
-                progress("two_tower: train", epoch * steps + step + 1, config.epochs * steps)
-            # The budget is wall-clock: one epoch over millions of examples may exceed it alone,
+                progress("two_tower: train", min(epoch * steps + step + 1, config.epochs * steps), config.epochs * steps)
+            # The budget is wall-clock: one epoch over millions of windows may exceed it alone,
             # so stop at the batch boundary, keeping at least one batch of training.
-            if step + 1 < steps and time.perf_counter() > deadline:
+            if step + 1 < len(batches) and time.perf_counter() > deadline:
                 return epochs_run, total / max(count, 1), True
         epochs_run += 1
         final_loss = total / max(count, 1)
@@ -733,14 +1065,14 @@ def _export_torchscript(
 
 
 def verify_user_tower(
-    users: UserTowerModel, path: Path, vectors: np.ndarray, ex: Examples, seed: int
+    users: UserTowerModel, path: Path, vectors: np.ndarray, seq: Sequences, seed: int
 ) -> float:
     """Max abs difference between ONNX Runtime (through the serving wrapper) and torch on random
-    inputs (batch 1 and 17, all-padding and out-of-vocabulary rows included) and on the newest real
-    examples built from the final item vectors. Raises TwoTowerError above ONNX_TOLERANCE."""
+    inputs (batch 1 and 17, all-padding and out-of-vocabulary rows included) and on 64 real
+    training windows built from the final item vectors. Raises TwoTowerError above ONNX_TOLERANCE."""
     tower = OnnxUserTower(path, threads=1)
-    if (tower.history_len, tower.dim) != tuple(users.position.shape):
-        raise TwoTowerError(f"{path}: exported [L, D] = {(tower.history_len, tower.dim)}, model {tuple(users.position.shape)}")
+    if (tower.history_len, tower.dim) != (users.history_len, users.dim):
+        raise TwoTowerError(f"{path}: exported [L, D] = {(tower.history_len, tower.dim)}, model {(users.history_len, users.dim)}")
     rng = np.random.default_rng(seed)
     length, dim = tower.history_len, tower.dim
     cases = []
@@ -754,10 +1086,11 @@ def verify_user_tower(
             [rng.integers(0, users.n_regions + 2, b), rng.integers(0, users.n_devices + 2, b)], axis=1
         ).astype(np.int64)
         cases.append((hist, mask, context))
-    newest = np.arange(max(0, len(ex) - 64), len(ex))
-    real_hist = ex.hist[newest]
+    sample = rng.choice(len(seq), min(len(seq), 64), replace=False)
+    real_hist = seq.items[sample, 1:]  # the window's newest L items as one serving history
     real_mask = (real_hist >= 0).astype(np.float32)
-    cases.append((vectors[np.maximum(real_hist, 0)] * real_mask[..., None], real_mask, ex.context[newest]))
+    real_context = seq.context[sample, -1].astype(np.int64)
+    cases.append((vectors[np.maximum(real_hist, 0)] * real_mask[..., None], real_mask, real_context))
 
     worst = 0.0
     with torch.no_grad():

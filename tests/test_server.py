@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from artifacts import layout
 from artifacts.bundle import Bundle, open_bundle
 from artifacts.publish import set_current
+from engine.settings import RerankSettings
 from tests._server import Server
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,7 @@ def test_a_cold_shopper_gets_a_full_diversified_list(server: Server, bundle: Bun
     assert reply.status == 200
     rows = check_slate(bundle, reply.json(), 20)
     brands = bundle.item_column("brand")[rows]
-    assert np.bincount(brands[brands > 0]).max() <= 3  # the per-brand cap
+    assert np.bincount(brands[brands > 0]).max() <= RerankSettings().max_per_brand  # the per-brand cap
     assert len(set(bundle.item_column("cat_top")[rows].tolist())) >= 4
 
 

@@ -17,7 +17,9 @@ from builder.twotower import (
     ONNX_TOLERANCE,
     TwoTowerError,
     TwoTowerResult,
+    UserTowerModel,
     build_examples,
+    build_sequences,
     train_two_tower,
 )
 from tests._stores import make_toy_store
@@ -75,6 +77,7 @@ def test_result_describes_the_model(trained, store):
     assert (trained.n_regions, trained.n_devices) == (len(store.regions), len(store.devices))
     assert trained.epochs_run == CONFIG.epochs and not trained.stopped_by_budget
     assert trained.train_examples > 1000
+    assert trained.softmax == "full", "a 300-item catalog trains with the softmax over every item"
     assert np.isfinite(trained.final_loss)
     assert trained.max_abs_diff_onnx_vs_torch <= ONNX_TOLERANCE
 
@@ -107,6 +110,122 @@ def test_max_examples_keeps_the_newest(store, until_ts):
     newest = build_examples(store, until_ts, history_len=8, max_examples=500)
     assert len(newest) == 500
     assert newest.ts.min() >= np.sort(every.ts)[-500]
+
+
+def test_sequences_count_every_training_target_once_with_its_serving_history(store, until_ts):
+    length = 8
+    examples = build_examples(store, until_ts, history_len=length, max_examples=10**9)
+    seq = build_sequences(store, until_ts, history_len=length, max_examples=10**9)
+    assert seq.items.shape == (len(seq), length + 1) and seq.counted.shape == (len(seq), length)
+    np.testing.assert_array_equal(np.sort(seq.targets()), np.sort(examples.target))
+    real = seq.items >= 0
+    assert np.all(real[:, 1:] >= real[:, :-1]), "left-padded, newest last"
+    # A counted target at slot t sees the window's items up to slot t: the newest part of that
+    # interaction's serving history (its previous ≤ L items), at least its newest L - L//2 + 1.
+    histories: dict[int, list[np.ndarray]] = {}
+    for target, hist in zip(examples.target, examples.hist):
+        histories.setdefault(int(target), []).append(hist[hist >= 0])
+    least = length - length // 2 + 1
+
+    def explained(seen: np.ndarray, history: np.ndarray) -> bool:
+        newest = history[len(history) - len(seen) :]
+        return len(seen) >= min(least, len(history)) and np.array_equal(newest, seen)
+
+    for w, t in zip(*np.nonzero(seq.counted)):
+        seen = seq.items[w, : t + 1]
+        seen = seen[seen >= 0]
+        assert any(explained(seen, h) for h in histories[int(seq.items[w, t + 1])])
+
+
+def test_sequences_keep_only_the_newest_targets(store, until_ts):
+    newest = build_examples(store, until_ts, history_len=8, max_examples=500)
+    seq = build_sequences(store, until_ts, history_len=8, max_examples=500)
+    assert seq.n_targets == 500
+    np.testing.assert_array_equal(np.sort(seq.targets()), np.sort(newest.target))
+
+
+def _model(dim: int = 16, length: int = 6, seed: int = 0) -> UserTowerModel:
+    torch.manual_seed(seed)
+    model = UserTowerModel(dim, length, 32, n_regions=3, n_devices=3, blocks=2, heads=2, dropout=0.3).eval()
+    with torch.no_grad():  # untrained biases are zero: make the distance bias matter
+        for block in model.blocks:
+            block.distance_bias.normal_()
+    return model
+
+
+def test_the_output_at_each_slot_is_what_serving_computes_for_that_prefix():
+    """Training reads every slot of a window; serving right-aligns the history. Positions are
+    relative, so both see the same thing (the premise of SASRec-style training here)."""
+    model = _model()
+    rng = np.random.default_rng(1)
+    length, dim = 6, 16
+    hist = torch.from_numpy(rng.standard_normal((1, length, dim)).astype(np.float32))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]], dtype=torch.float32)
+    context = torch.tensor([[1, 2]])
+    with torch.no_grad():
+        states = model.sequence(hist * mask.unsqueeze(-1), mask)
+        for slot in range(length):
+            trained = model.readout(states[:, slot], mask[:, slot], context)
+            prefix_len = int(mask[0, : slot + 1].sum())
+            served_hist = torch.zeros(1, length, dim)
+            served_mask = torch.zeros(1, length)
+            if prefix_len:
+                served_hist[0, -prefix_len:] = hist[0, slot + 1 - prefix_len : slot + 1]
+                served_mask[0, -prefix_len:] = 1.0
+            served = model(served_hist, served_mask, context)
+            torch.testing.assert_close(trained, served, atol=1e-5, rtol=0)
+
+
+def test_trimming_shared_leading_padding_changes_no_state():
+    model = _model()
+    rng = np.random.default_rng(2)
+    hist = torch.from_numpy(rng.standard_normal((3, 6, 16)).astype(np.float32))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    with torch.no_grad():
+        full = model.sequence(hist, mask)
+        trimmed = model.sequence(hist[:, 3:], mask[:, 3:])
+    torch.testing.assert_close(full[:, 3:], trimmed, atol=1e-5, rtol=0)
+    assert torch.all(full[:, :3] == 0)
+
+
+def test_a_shopper_without_history_gets_a_context_vector():
+    model = _model()
+    empty = torch.zeros(2, 6, 16), torch.zeros(2, 6)
+    with torch.no_grad():
+        vectors = model(*empty, torch.tensor([[0, 0], [2, 1]]))
+    assert torch.all(torch.isfinite(vectors))
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(vectors[0], vectors[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_catalog_cross_entropy_matches_the_dense_loss_and_gradients(monkeypatch, dtype):
+    from builder import twotower
+
+    monkeypatch.setattr(twotower, "_logit_dtype", lambda: dtype)
+    monkeypatch.setattr(twotower, "_LOGIT_BLOCK", (7, 5))  # many ragged blocks
+    gen = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(23, 8, generator=gen), dim=1) / 0.07
+    items = torch.nn.functional.normalize(torch.randn(31, 8, generator=gen), dim=1)
+    target = torch.randint(0, 31, (23,), generator=gen)
+    target[:3] = 4  # repeated targets accumulate into one item's gradient
+    grads = []
+    for loss_fn in (lambda u, v: torch.nn.functional.cross_entropy(u @ v.T, target), lambda u, v: twotower._CatalogCrossEntropy.apply(u, v, target)):
+        u, v = users.clone().requires_grad_(), items.clone().requires_grad_()
+        loss = loss_fn(u, v)
+        loss.backward()
+        grads.append((loss.detach(), u.grad, v.grad))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for expected, got in zip(grads[0], grads[1]):
+        torch.testing.assert_close(got, expected, atol=tolerance * max(1.0, float(expected.abs().max())), rtol=0)
+
+
+def test_large_catalogs_train_with_the_sampled_softmax(store, until_ts, tmp_path):
+    config = TwoTowerConfig(dim=16, history_len=4, hidden=32, epochs=1, batch_size=128, threads=1, full_softmax_logits=0)
+    result = train_two_tower(store, config, until_ts, tmp_path)
+    assert result.softmax == "sampled"
+    assert np.isfinite(result.final_loss) and np.all(np.isfinite(result.item_vectors))
+    assert result.max_abs_diff_onnx_vs_torch <= ONNX_TOLERANCE
 
 
 def test_training_is_deterministic_for_a_seed(store, until_ts, trained, tmp_path):
@@ -191,12 +310,17 @@ def test_cold_items_get_useful_vectors_from_metadata(trained, store, until_ts):
 
 
 def test_onnx_user_tower_matches_torch_on_random_and_real_inputs(store, until_ts, tmp_path):
-    from builder.twotower import ItemTower, UserTowerModel, export_user_tower, item_vectors
+    from builder.twotower import ItemTower, export_user_tower, item_vectors
 
     torch.manual_seed(0)
     id_slot = np.zeros(len(store.items), dtype=np.int64)
     items = ItemTower(store, id_slot, 0, CONFIG.dim, CONFIG.hidden)
-    users = UserTowerModel(CONFIG.dim, CONFIG.history_len, CONFIG.hidden, len(store.regions), len(store.devices)).eval()
+    users = UserTowerModel(
+        CONFIG.dim, CONFIG.history_len, CONFIG.hidden, len(store.regions), len(store.devices), blocks=2, heads=2
+    ).eval()
+    with torch.no_grad():  # untrained biases are zero: make the distance bias part of the check
+        for block in users.blocks:
+            block.distance_bias.normal_()
     path = tmp_path / "user_tower.onnx"
     export_user_tower(users, CONFIG.history_len, CONFIG.dim, path)
     tower = UserTower(path)
