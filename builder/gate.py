@@ -55,7 +55,7 @@ def backtest(store: Store, twin: Bundle, cutoff: int, valid_fraction: float, con
     if len(split.holdout.targets) == 0:
         return Backtest(0, {}, {}, None)
     result = runner.run_variant("gate", twin, runner.eval_settings(Settings()), split.train, split, 20, progress)
-    popularity = runner.popularity_variant("popularity", runner.interaction_counts(split.train), split.holdout, 20)
+    popularity = runner.popularity_variant("popularity", runner.popularity_scores(split.train), split.holdout, 20)
     return Backtest(len(split.holdout.targets), _figures(result.ranks), _figures(popularity.ranks), split)
 
 

@@ -110,14 +110,14 @@ def evaluate(
     try:
         t0 = time.monotonic()
         to_store_vectors = _store_order(np.asarray(bundle.array(layout.ITEM_VECTORS), np.float32), bundle, split.train)
-        popularity = runner.interaction_counts(split.train)
+        popularity = runner.popularity_scores(split.train)
         results: dict[str, runner.VariantResult] = {
             "popularity": runner.popularity_variant("popularity", popularity, split.holdout, k),
         }
         if protocol == "loo-full":
             # The harness check: PopRec as published counts every interaction, held-out ones too.
             results["popularity (all interactions, as published)"] = runner.popularity_variant(
-                "popularity (all interactions, as published)", runner.interaction_counts(store), split.holdout, k
+                "popularity (all interactions, as published)", runner.popularity_scores(store), split.holdout, k
             )
         for name, variant_settings in runner.pipeline_variants(settings, ablation).items():
             results[name] = runner.run_variant(name, bundle, variant_settings, split.train, split, k, console)

@@ -22,6 +22,7 @@ import numpy as np
 
 from artifacts.bundle import Bundle
 from builder.evaluate import metrics as m
+from builder.evaluate.baselines import popularity_scores
 from builder.evaluate.protocols import EvalSplit, Holdout, rank_with_global_scores
 from builder.store import Store
 from engine.schemas import RecommendQuery
@@ -136,14 +137,6 @@ def popularity_variant(name: str, counts: np.ndarray, holdout: Holdout, k: int) 
         slates[i, : len(slate)] = slate
     ranks = np.where(ranks < k, ranks, m.NOT_RANKED)  # MRR@k, like the pipeline's
     return VariantResult(name, ranks, slates, time.perf_counter() - started, {})
-
-
-def interaction_counts(store: Store) -> np.ndarray:
-    """float64 [n_items] interactions per item in `store` (what "popular" means to a split)."""
-    from builder.evaluate.protocols import sequences
-
-    _, _, items = sequences(store)
-    return np.bincount(items, minlength=len(store.items)).astype(np.float64)
 
 
 def summarize(v: VariantResult, k: int, vectors: np.ndarray, popularity: np.ndarray, bootstrap: int, seed: int) -> dict:
