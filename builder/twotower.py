@@ -779,8 +779,9 @@ def train_two_tower(
     """Train on events with ts < until_ts; write out_dir/user_tower.onnx and out_dir/item_tower.onnx;
     vector every item.
 
-    Deterministic for a given store, config and seed (on one thread; torch's multi-threaded
-    reductions may differ in the last bits). Raises TwoTowerError when there is nothing to train on
+    Deterministic for a given store, config and seed (on one thread and one kind of CPU: torch's
+    multi-threaded reductions may differ in the last bits, and the full softmax multiplies in
+    bfloat16 only where the CPU does so natively). Raises TwoTowerError when there is nothing to train on
     or an exported graph disagrees with torch (or, for the item tower, with the stored vectors of
     the cold items) by more than ONNX_TOLERANCE.
     """
