@@ -124,7 +124,9 @@ def validate(config: BuildConfig) -> BuildConfig:
     if not 0 <= tt.dropout < 1:
         problems.append(f"two_tower.dropout must be in [0, 1), got {tt.dropout}")
     if tt.blocks < 1 or tt.heads < 1 or tt.dim % max(tt.heads, 1):
-        problems.append(f"two_tower.blocks and heads must be ≥ 1 and dim a multiple of heads, got {tt.blocks}, {tt.heads}, {tt.dim}")
+        problems.append(
+            f"two_tower.blocks and heads must be ≥ 1 and dim a multiple of heads, got {tt.blocks}, {tt.heads}, {tt.dim}"
+        )
     if tt.batch_size < 1 or tt.epochs < 1:
         problems.append(f"two_tower.batch_size and epochs must be ≥ 1, got {tt.batch_size}, {tt.epochs}")
     if tt.full_softmax_logits < 0:

@@ -4,8 +4,9 @@ tower to ONNX (file contract in `artifacts.usertower`) and the item tower's meta
 
 Item tower: L2-normalise( id embedding + MLP(metadata) ).
   - id embedding: only for items with ≥ `id_min_count` training targets; the rest (cold and new
-    items) have none. In training each item's id embedding is zeroed with `id_dropout` (per batch,
-    without rescaling) so the metadata path alone learns to place items.
+    items) have none. In training each item's id embedding is zeroed with `id_dropout` (per step,
+    without rescaling; candidates of the softmax included) so the metadata path alone learns to
+    place items.
   - metadata: embeddings of category node, department (`cat_top`), brand, seller and a log-price
     quantile bucket (NaN price has its own bucket), plus a linear projection of `text_embedding`
     when the store has one; concatenated → Linear → ReLU → Linear.
@@ -30,13 +31,14 @@ window trains the output at every slot on the next interaction, as in SASRec; si
 relative, the output at slot t is exactly what serving computes for that prefix. A step holds
 about `batch_size` targets from windows of similar length, trimmed of shared leading padding.
 
-Loss, by catalog size (`uses_full_softmax`):
-  - full softmax: cross-entropy over EVERY catalog item (all item vectors recomputed by the item
-    tower at each step, in blocks, `_CatalogCrossEntropy`) of cosine / temperature, when catalog
+Loss, by size (`uses_full_softmax`), over cosine / temperature, Adam:
+  - full softmax: cross-entropy over EVERY catalog item, all item vectors recomputed by the item
+    tower at each step (the logits in blocks, never stored: `_CatalogCrossEntropy`), when catalog
     items × targets (the logits of one epoch) is at most `full_softmax_logits`;
   - above that, in-batch sampled softmax over the step's distinct targets, logQ-corrected by each
     item's share of the targets (one column per item, so another row's positive for the same item
-    is never a negative).
+    is never a negative); the id embedding table is then sparse (SparseAdam on the rows a step
+    touches).
 """
 
 from __future__ import annotations
@@ -680,10 +682,10 @@ class _CatalogCrossEntropy(torch.autograd.Function):
         total = torch.zeros(len(users))
         rows, cols = _LOGIT_BLOCK
         for r in range(0, len(users), rows):
-            block_users, block_bound, block_total = low_users[r : r + rows], bound[r : r + rows, None], total[r : r + rows]
+            block_users, block_bound = low_users[r : r + rows], bound[r : r + rows, None]
             for c in range(0, len(items), cols):
                 logits = (block_users @ low_items[c : c + cols].T).float()
-                block_total += logits.sub_(block_bound).exp_().sum(dim=1)
+                total[r : r + rows] += logits.sub_(block_bound).exp_().sum(dim=1)
         lse = total.log() + bound
         if not torch.isfinite(lse).all():
             # A row far from every item underflowed (only with a very low temperature): exactly, then.
@@ -692,7 +694,9 @@ class _CatalogCrossEntropy(torch.autograd.Function):
         return (lse - (users * items[target]).sum(dim=1)).mean()
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         users, items, target, lse = ctx.saved_tensors
         scale = grad / len(users)
         dtype = _logit_dtype()
@@ -701,11 +705,11 @@ class _CatalogCrossEntropy(torch.autograd.Function):
         grad_items = torch.zeros_like(items)
         rows, cols = _LOGIT_BLOCK
         for r in range(0, len(users), rows):
-            block_users, block_lse, block_grad = low_users[r : r + rows], lse[r : r + rows, None], grad_users[r : r + rows]
+            block_users, block_lse = low_users[r : r + rows], lse[r : r + rows, None]
             for c in range(0, len(items), cols):
                 part = low_items[c : c + cols]
                 prob = (block_users @ part.T).float().sub_(block_lse).exp_().mul_(scale).to(dtype)
-                block_grad += (prob @ part).float()
+                grad_users[r : r + rows] += (prob @ part).float()
                 grad_items[c : c + cols] += (block_users.T @ prob).T.float()
         grad_users -= scale * items[target]
         grad_items.index_add_(0, target, -scale * users)

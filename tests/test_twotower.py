@@ -209,8 +209,10 @@ def test_catalog_cross_entropy_matches_the_dense_loss_and_gradients(monkeypatch,
     items = torch.nn.functional.normalize(torch.randn(31, 8, generator=gen), dim=1)
     target = torch.randint(0, 31, (23,), generator=gen)
     target[:3] = 4  # repeated targets accumulate into one item's gradient
+    dense = lambda u, v: torch.nn.functional.cross_entropy(u @ v.T, target)  # noqa: E731
+    blocked = lambda u, v: twotower._CatalogCrossEntropy.apply(u, v, target)  # noqa: E731
     grads = []
-    for loss_fn in (lambda u, v: torch.nn.functional.cross_entropy(u @ v.T, target), lambda u, v: twotower._CatalogCrossEntropy.apply(u, v, target)):
+    for loss_fn in (dense, blocked):
         u, v = users.clone().requires_grad_(), items.clone().requires_grad_()
         loss = loss_fn(u, v)
         loss.backward()
@@ -446,7 +448,7 @@ def test_a_model_with_other_inputs_is_incompatible(tmp_path):
 def test_serving_modules_load_without_torch_or_builder():
     root = Path(__file__).resolve().parents[1]
     probe = (
-        "import sys, artifacts.usertower, artifacts.vectors; "
+        "import sys, artifacts.usertower, artifacts.itemtower, artifacts.vectors; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'builder', 'onnx'}))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
