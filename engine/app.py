@@ -28,8 +28,8 @@ from engine.eventlog import EventLog, EventLogError
 from engine.inventory.state import ItemState, StateError, Status, state_path
 from engine.metrics import STATUSES, Metrics
 from engine.openapi import openapi_document
-from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health
-from engine.service import Recommender, decode_query
+from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery
+from engine.service import Recommender, decode_body, decode_query
 from engine.settings import Settings, from_environment
 
 log = logging.getLogger("aisle.engine")
@@ -198,8 +198,9 @@ class App:
         surface, fallback = "other", "none"
         try:
             if path == "/v1/recommendations":
-                _allow(method, "GET")
-                status, body, headers, surface, fallback = self._recommend(scope, request_id)
+                _allow(method, "GET", "POST")
+                query = await self._query(scope, receive, method)
+                status, body, headers, surface, fallback = self._recommend(query, request_id)
             elif path == "/v1/events":
                 _allow(method, "POST")
                 status, body, headers = await self._events(scope, receive)
@@ -239,9 +240,18 @@ class App:
             raise NotReady(self.engine.problem or "no bundle loaded", retry_after=5)
         return rec
 
-    def _recommend(self, scope: Scope, request_id: str) -> tuple[int, bytes, list, str, str]:
+    async def _query(self, scope: Scope, receive: Receive, method: str) -> RecommendQuery:
+        """GET: the query string. POST: a JSON RecommendQuery (long candidate lists to re-rank)."""
         rec = self._recommender()
-        query = decode_query(scope.get("query_string", b"").decode("latin-1"), rec.settings)
+        if method == "GET":
+            return decode_query(scope.get("query_string", b"").decode("latin-1"), rec.settings)
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise UnsupportedMediaType(f"POST the query as application/json, not {content_type or 'no content type'}")
+        return decode_body(await _read_body(scope, receive, rec.settings.limits.max_body_bytes), rec.settings)
+
+    def _recommend(self, query: RecommendQuery, request_id: str) -> tuple[int, bytes, list, str, str]:
+        rec = self._recommender()
         response, ctx = rec.run(query, request_id=request_id)
         m = self.engine.metrics
         if m is not None:
@@ -312,9 +322,9 @@ class App:
         return 200, m.render(bundle_id=rec.build_id if rec else None).encode(), TEXT_HEADERS
 
 
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"use {allowed} here, not {method}")
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(f"use {' or '.join(allowed)} here, not {method}")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -50,6 +50,8 @@ class RequestContext:
     filtered: int = 0  # candidates removed by filters
     rules: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # FilterCandidates' per-request bitmaps
     started: float = 0.0  # perf_counter at decode
+    given: np.ndarray | None = None  # int32 rows to rank instead of retrieving (re-ranking request)
+    unranked: list[str] = field(default_factory=list)  # given SKUs the bundle does not know
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1e3 if self.started else 0.0

@@ -25,6 +25,8 @@ _QUERY_DOCS = {
     "exclude": "comma-separated SKUs never to return",
     "block_brands": "comma-separated brands never to return",
     "block_sellers": "comma-separated sellers never to return",
+    "candidates": "re-ranking: comma-separated SKUs to rank instead of retrieving (POST a JSON body for long lists); "
+    "count defaults to all of them, at most limits.max_rank_items",
 }
 
 
@@ -37,7 +39,7 @@ def openapi_document() -> bytes:
     (query, *_), components = msgspec.json.schema_components(
         [RecommendQuery, RecommendResponse, EventBatch, EventsResponse, ErrorBody, Health], ref_template="#/components/schemas/{name}"
     )
-    query_schema = components.pop("RecommendQuery")
+    query_schema = components["RecommendQuery"]
     required = set(query_schema.get("required", []))
     parameters = [
         {
@@ -45,7 +47,7 @@ def openapi_document() -> bytes:
             "in": "query",
             "required": name in required,
             "description": _QUERY_DOCS.get(name, ""),
-            "schema": {"type": "string"} if name in ("cart", "recent", "exclude", "block_brands", "block_sellers") else schema,
+            "schema": {"type": "string"} if name in ("cart", "recent", "exclude", "block_brands", "block_sellers", "candidates") else schema,
         }
         for name, schema in query_schema["properties"].items()
     ]
@@ -69,7 +71,20 @@ def openapi_document() -> bytes:
                         "422": _error("invalid value"),
                         "503": _error("no bundle loaded yet"),
                     },
-                }
+                },
+                "post": {
+                    "summary": "The same, with the query as a JSON body (lists as arrays): for re-ranking long candidate lists",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecommendQuery"}}}},
+                    "responses": {
+                        "200": ok("RecommendResponse", "the slate (for re-ranking: the given items that may be shown, best first)"),
+                        "400": _error("not JSON, or a malformed query"),
+                        "404": _error("unknown anchor item"),
+                        "413": _error("body or a list too large"),
+                        "415": _error("not application/json"),
+                        "422": _error("invalid value"),
+                        "503": _error("no bundle loaded yet"),
+                    },
+                },
             },
             "/v1/events": {
                 "post": {

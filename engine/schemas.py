@@ -32,6 +32,9 @@ class RecommendQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exclude: list[str] = []  # SKUs never to return
     block_brands: list[str] = []  # brands never to return (in addition to the shopper's own)
     block_sellers: list[str] = []
+    # Re-ranking: rank exactly these SKUs (e.g. a search engine's results) instead of retrieving.
+    # The hard rules still apply; count defaults to all of them (at most limits.max_rank_items).
+    candidates: list[str] = []
 
 
 class RecommendedItem(msgspec.Struct, frozen=True):
@@ -49,6 +52,7 @@ class RecommendResponse(msgspec.Struct, frozen=True):
     request_id: str
     took_ms: float
     next_cursor: str | None = None
+    unranked: list[str] = []  # given candidates that are not in the bundle (so could not be ranked)
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -35,7 +35,7 @@ from kernels import caps as kernels_caps
 from kernels import explore as kernels_explore
 from kernels import mmr as kernels_mmr
 
-LIST_PARAMS = frozenset({"cart", "recent", "exclude", "block_brands", "block_sellers"})
+LIST_PARAMS = frozenset({"cart", "recent", "exclude", "block_brands", "block_sellers", "candidates"})
 CURSOR_PREFIX = "c1."
 
 
@@ -53,19 +53,43 @@ def decode_query(raw: str, settings: Settings) -> RecommendQuery:
             raise BadRequest(f"parameter '{key}' given more than once; list parameters are comma-separated")
         if key in LIST_PARAMS:
             items = [v.strip() for v in value.split(",") if v.strip()]
-            limit = lim.max_cart_items if key == "cart" else lim.max_recent_items if key == "recent" else lim.max_filter_items
-            if len(items) > limit:
-                raise TooLarge(f"'{key}' has {len(items)} entries; the limit is {limit}")
             params[key] = items
         else:
             params[key] = value
     try:
         query = msgspec.convert(params, RecommendQuery, strict=False)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        if "unknown field" in message or "missing required field" in message:
-            raise BadRequest(message.replace("Object", "query").replace("field", "parameter")) from exc
-        raise Invalid(message.replace("$.", "parameter ")) from exc
+        raise _schema_error(exc) from exc
+    return validate_query(query, settings)
+
+
+def decode_body(body: bytes, settings: Settings) -> RecommendQuery:
+    """A POSTed JSON RecommendQuery (the same fields as the query string; lists as JSON arrays):
+    the natural form for re-ranking a long candidate list."""
+    try:
+        query = msgspec.json.decode(body, type=RecommendQuery)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    return validate_query(query, settings)
+
+
+def _schema_error(exc: msgspec.ValidationError) -> BadRequest | Invalid:
+    message = str(exc)
+    if "unknown field" in message or "missing required field" in message:
+        return BadRequest(message.replace("Object", "query").replace("field", "parameter"))
+    return Invalid(message.replace("$.", "parameter "))
+
+
+def validate_query(query: RecommendQuery, settings: Settings) -> RecommendQuery:
+    """Limits and cross-field rules, the same for GET and POST."""
+    lim = settings.limits
+    for key in sorted(LIST_PARAMS):
+        entries = getattr(query, key)
+        limit = {"cart": lim.max_cart_items, "recent": lim.max_recent_items, "candidates": lim.max_rank_items}.get(key, lim.max_filter_items)
+        if len(entries) > limit:
+            raise TooLarge(f"'{key}' has {len(entries)} entries; the limit is {limit}")
     for name in ("user_id", "item_id"):
         value = getattr(query, name)
         if value is not None and not 1 <= len(value.encode()) <= lim.max_id_bytes:
@@ -74,8 +98,11 @@ def decode_query(raw: str, settings: Settings) -> RecommendQuery:
         for value in getattr(query, name):
             if len(value.encode()) > lim.max_id_bytes:
                 raise Invalid(f"'{name}' has an entry of {len(value.encode())} bytes; the limit is {lim.max_id_bytes}")
-    if query.count is not None and not 1 <= query.count <= lim.max_count:
-        raise Invalid(f"'count' must be in [1, {lim.max_count}], got {query.count}")
+    max_count = lim.max_rank_items if query.candidates else lim.max_count
+    if query.count is not None and not 1 <= query.count <= max_count:
+        raise Invalid(f"'count' must be in [1, {max_count}], got {query.count}" + ("" if query.candidates else " (re-ranking requests with 'candidates' may ask for more)"))
+    if query.candidates and query.cursor:
+        raise BadRequest("'cursor' does not apply to re-ranking: ask for the whole list with 'count'")
     if query.surface == "pdp" and not query.item_id:
         raise BadRequest("surface 'pdp' needs 'item_id' (the product being viewed)")
     if query.surface == "cart" and not query.cart:
@@ -189,6 +216,16 @@ class Recommender:
             if len(rows) == 0:
                 raise NotFound(f"none of the cart's SKUs is known to bundle {self.build_id}: {', '.join(q.cart[:5])}")
             ctx.anchors = np.unique(rows).astype(np.int32)
+        if q.candidates:
+            # Re-ranking: the caller's items, each once, in the caller's order; SKUs the bundle
+            # does not know cannot be scored and are reported back as `unranked`.
+            rows = self.view.bundle.items.rows_of(q.candidates)
+            known = rows >= 0
+            ctx.unranked = [sku for sku, ok in zip(q.candidates, known.tolist()) if not ok]
+            rows = rows[known]
+            _, first = np.unique(rows, return_index=True)
+            ctx.given = rows[np.sort(first)].astype(np.int32)
+            ctx.count = q.count if q.count is not None else max(len(ctx.given), 1)
         ctx.filters = RequestFilters(
             exclude_rows=self._rows(q.exclude),
             blocked_brands=np.asarray([self.brand_code[b] for b in q.block_brands if b in self.brand_code], np.int32),
@@ -218,7 +255,7 @@ class Recommender:
                     source=source,
                 )
             )
-        if self.fresh is not None and ctx.offset == 0:
+        if self.fresh is not None and ctx.offset == 0 and ctx.given is None:
             items = self._with_fresh(q, ctx, items)
         end = ctx.offset + ctx.count
         more = len(items) == ctx.count and end < self.settings.limits.max_cursor_offset
@@ -229,7 +266,8 @@ class Recommender:
             fallback=ctx.fallback,
             request_id=request_id or uuid.uuid4().hex,
             took_ms=round((time.perf_counter() - started) * 1000.0, 3),
-            next_cursor=f"{CURSOR_PREFIX}{end}" if more else None,
+            next_cursor=f"{CURSOR_PREFIX}{end}" if more and ctx.given is None else None,
+            unranked=ctx.unranked,
         )
         return response, ctx
 

@@ -92,6 +92,7 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_cart_items: int = 50
     max_recent_items: int = 50
     max_filter_items: int = 100  # exclude list, blocked brands/sellers in a request
+    max_rank_items: int = 1000  # given candidates in one re-ranking request (and its count)
     max_id_bytes: int = 64
     max_query_bytes: int = 16_384
     max_body_bytes: int = 1_048_576

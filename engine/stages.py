@@ -24,7 +24,7 @@ from engine.context import RequestContext
 from engine.features import assemble_features
 from engine.eventlog import EventLog
 from engine.resolve import shopper_vector
-from engine.retrieval import retrieve
+from engine.retrieval import VECTOR_SOURCES, retrieve, score_given
 from engine.settings import Settings
 from engine.shopper import Shopper
 from engine.sources import default_sources
@@ -95,10 +95,13 @@ class RetrieveCandidates:
         self.view, self.settings = view, settings
         r = settings.retrieval
         self.sources = default_sources(r.recent_anchors, r.recency_decay)
-        self.index_dependent = {"ann", "similar"}
+        self.index_dependent = VECTOR_SOURCES
 
     def __call__(self, ctx: RequestContext) -> None:
         plan = self.settings.retrieval.plan(ctx.surface)
+        if ctx.given is not None:  # re-ranking: score the caller's items, search nothing
+            ctx.candidates = score_given(self.view, ctx, plan, self.sources, ctx.given)
+            return
         if self.view.index is None and any(s.name in self.index_dependent for s in plan):
             ctx.degrade("index_unavailable")
         ctx.candidates = retrieve(self.view, ctx, plan, self.sources)
@@ -160,7 +163,7 @@ class FilterCandidates:
         ctx.filtered = int((~keep).sum())
         cands = cands.take(np.flatnonzero(keep))
         need = ctx.offset + ctx.count
-        if len(cands) < need:
+        if len(cands) < need and ctx.given is None:  # re-ranking never adds items the caller did not give
             cands = self._backfill(ctx, cands, need)
         ctx.candidates = cands
 
@@ -207,7 +210,7 @@ class GatherFeatures:
     def __call__(self, ctx: RequestContext) -> None:
         cands = ctx.candidates
         limit = self.settings.ranking.max_candidates
-        if len(cands) > limit:  # the ranker's cost grows with rows: keep the best by retrieval
+        if len(cands) > limit and ctx.given is None:  # given candidates are all ranked (limits.max_rank_items)  # the ranker's cost grows with rows: keep the best by retrieval
             cands = cands.take(np.sort(topk(retrieval_scores(cands), limit)))
             ctx.candidates = cands
         ctx.features = assemble_features(self.view, ctx, cands)
@@ -290,9 +293,15 @@ class Rerank:
         if ctx.elapsed_ms() > dl.budget_ms * dl.rerank_share:
             ctx.degrade("deadline")
             order = pool  # score order: diversity is the first thing to give up when late
+        elif rr.mmr_pool > 0:
+            # MMR orders the best mmr_pool; a longer page (a re-ranking request for 300 items)
+            # continues in score order, so its cost stays O(pool²), not O(k²).
+            head = pool[: rr.mmr_pool]
+            vectors = np.ascontiguousarray(v.vectors[cands.rows[head]], dtype=np.float32)
+            diverse = head[mmr_select(np.ascontiguousarray(scores[head]), vectors, len(head), float(rr.mmr_lambda))]
+            order = np.concatenate([diverse, pool[len(head) :]])
         else:
-            vectors = np.ascontiguousarray(v.vectors[cands.rows[pool]], dtype=np.float32)
-            order = pool[mmr_select(np.ascontiguousarray(scores[pool]), vectors, len(pool), float(rr.mmr_lambda))]
+            order = pool
         rows = cands.rows
         picked, _relaxed = select_with_caps(
             order.astype(np.int32), v.brand[rows].astype(np.int32), v.seller[rows].astype(np.int32),

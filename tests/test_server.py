@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,7 +171,10 @@ def test_a_click_shapes_the_shoppers_next_home_slate(server: Server, bundle: Bun
         ("GET", "/v1/recommendations?surface=cart", 400, "bad_request"),
         ("GET", "/v1/recommendations?surface=cart&cart=" + ",".join(f"S{i}" for i in range(51)), 413, "too_large"),
         ("GET", "/v1/recommendations?surface=home&q=" + "x" * 20000, 413, "too_large"),
-        ("POST", "/v1/recommendations?surface=home", 405, "method_not_allowed"),
+        ("PUT", "/v1/recommendations?surface=home", 405, "method_not_allowed"),
+        ("POST", "/v1/recommendations", 415, "unsupported_media_type"),
+        ("GET", "/v1/recommendations?surface=home&candidates=A,B&cursor=c1.20", 400, "bad_request"),
+        ("GET", "/v1/recommendations?surface=home&candidates=" + ",".join(f"S{i}" for i in range(1001)), 413, "too_large"),
         ("GET", "/v2/anything", 404, "not_found"),
     ],
 )
@@ -251,3 +255,30 @@ def test_a_broken_part_degrades_with_fallback_set(tiny_bundle: Path, tmp_path: P
         assert "degraded" in srv.get("/readyz").json()["detail"]
     finally:
         srv.stop()
+
+
+def test_reranking_ranks_only_the_given_items_and_keeps_the_hard_rules(server: Server, bundle: Bundle) -> None:
+    user, blocked = shopper_with_blocks(bundle)
+    rng = np.random.default_rng(5)
+    rows = rng.choice(bundle.n_items, 120, replace=False)
+    brands = bundle.item_column("brand")
+    blocked_rows = np.flatnonzero(np.isin(np.asarray([bundle.vocab.brands[b] for b in brands]), list(blocked)))[:5]
+    out_of_stock = np.flatnonzero(bundle.item_column("in_stock") == 0)[:5]
+    given = [bundle.items.id_of(int(r)) for r in np.concatenate([rows, blocked_rows, out_of_stock])] + ["NO-SUCH-SKU"]
+    body = json.dumps({"surface": "home", "user_id": user, "candidates": given}).encode()
+    reply = server.request("POST", "/v1/recommendations", body, {"content-type": "application/json"})
+    assert reply.status == 200, reply.body
+    answer = reply.json()
+    skus = [i["sku"] for i in answer["items"]]
+    assert answer["unranked"] == ["NO-SUCH-SKU"] and answer["next_cursor"] is None
+    assert set(skus) <= set(given) and len(set(skus)) == len(skus)
+    check_slate(bundle, answer, len(skus), blocked_brands=blocked)  # in stock, unblocked, with reasons
+    in_stock = bundle.item_column("in_stock")[rows].astype(bool)
+    unblocked = ~np.isin(np.asarray([bundle.vocab.brands[b] for b in brands[rows]]), list(blocked))
+    # everything that passes the rules comes back (count defaults to all); purchases are also left out
+    assert 0.8 * (in_stock & unblocked).sum() <= len(skus) <= (in_stock & unblocked).sum()
+    # the same request as a query string ranks the same items
+    short = given[:40]
+    get = server.recommend(surface="home", user_id=user, candidates=",".join(short), count=10)
+    assert get.status == 200 and len(get.json()["items"]) == 10
+    assert {i["sku"] for i in get.json()["items"]} <= set(short)
