@@ -16,6 +16,7 @@ from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
 from engine.eventlog import EventLog
 from engine.inventory.state import ItemState
+from engine.nearest import NearestInStock
 
 
 class CatalogView:
@@ -27,6 +28,8 @@ class CatalogView:
         load_tower: bool = True,
         load_snapshot: bool = True,
         expansion_search: int = 256,
+        exact_max_rows: int = 50_000,
+        max_oversample: int = 2_000,
     ) -> None:
         self.bundle = bundle
         self.n_items = bundle.n_items
@@ -57,7 +60,9 @@ class CatalogView:
         self.popular = bundle.array(layout.POPULAR_GLOBAL)
         self.new_arrivals = bundle.array(layout.NEW_ARRIVALS)
         self.expansion_search = expansion_search
+        self.exact_max_rows, self.max_oversample = exact_max_rows, max_oversample
         self.index: VectorIndex | None = None
+        self.nearest: NearestInStock | None = None  # set with the index
         self.tower: UserTower | None = None
         self.snapshot: ShopperSnapshot | None = None
         self.inventory: ItemState | None = None
@@ -100,6 +105,14 @@ class CatalogView:
     def load_index(self) -> None:
         if self.bundle.has(layout.ITEM_INDEX):
             self.index = VectorIndex.open(self.bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=self.expansion_search)
+            self.nearest = NearestInStock(self.index, self.vectors, self.exact_max_rows, self.max_oversample)
+
+    def search_in_stock(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k nearest items to query that are in stock now (engine.nearest); needs the index."""
+        if self.nearest is None:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        generation = self.inventory.changes() if self.inventory is not None else 0
+        return self.nearest.search(query, k, self.in_stock, generation)
 
     def load_tower(self) -> None:
         if self.bundle.has(layout.USER_TOWER):

@@ -142,7 +142,11 @@ class Recommender:
         self.settings = settings
         self.bundle = bundle
         problems: dict[str, str | None] = {"ranker": None, "index": None, "tower": None, "snapshot": None}
-        self.view = CatalogView(bundle, load_index=False, load_tower=False, load_snapshot=False, expansion_search=settings.expansion_search)
+        r = settings.retrieval
+        self.view = CatalogView(
+            bundle, load_index=False, load_tower=False, load_snapshot=False, expansion_search=settings.expansion_search,
+            exact_max_rows=r.ann_exact_max_rows, max_oversample=r.ann_max_oversample,
+        )
         for part, loader in (("index", self.view.load_index), ("tower", self.view.load_tower), ("snapshot", self.view.load_snapshot)):
             try:
                 loader()
@@ -314,6 +318,7 @@ class Recommender:
             self.view.inventory.close()
             self.view.inventory = None
         self.view.index = None
+        self.view.nearest = None
         self.view.tower = None
 
     def warm(self) -> None:

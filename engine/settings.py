@@ -45,6 +45,11 @@ class RetrievalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     recent_anchors: int = 10  # recent items used as anchors by item-to-item sources
     recency_decay: float = 0.85  # weight of the i-th most recent anchor: decay**i
     backfill: int = 200  # popular items added when filters leave fewer than `count` candidates
+    # Vector sources when much of the catalog is out of stock (engine/nearest.py): an exact scan
+    # of the in-stock rows when they are at most this many, else HNSW oversampled by 1/share up to
+    # ann_max_oversample neighbours.
+    ann_exact_max_rows: int = 50_000
+    ann_max_oversample: int = 2_000
 
     def plan(self, surface: str) -> list[SourceSpec]:
         return {"home": self.home, "pdp": self.pdp, "cart": self.cart}[surface]

@@ -482,6 +482,11 @@ class ItemState:
                 return got
         return got
 
+    def changes(self) -> int:
+        """A counter that moves whenever deltas or a snapshot were applied: readers key caches of
+        derived data (e.g. the in-stock row list) on it."""
+        return int(self._stats[_STAT["applied_deltas"]]) + int(self._stats[_STAT["resyncs"]])
+
     def stats(self) -> InventoryStats:
         p = self.progress()
         return InventoryStats(
