@@ -63,8 +63,18 @@ class IdMap:
         return -1
 
     def rows_of(self, external_ids: Iterable[str]) -> np.ndarray:
-        """int32 rows, -1 where an id is absent."""
-        return np.fromiter((self.row_of(i) for i in external_ids), dtype=np.int32)
+        """int32 rows, -1 where an id is absent. One vectorised binary search for all of them."""
+        width = self._ids.dtype.itemsize
+        keys = [i.encode("utf-8") for i in external_ids]
+        if not keys or len(self._ids) == 0:
+            return np.full(len(keys), -1, dtype=np.int32)
+        # Too long, empty or NUL-ended keys cannot be stored ids (numpy's S dtype would cut or
+        # strip them into a different key): they are absent.
+        usable = np.fromiter((0 < len(k) <= width and not k.endswith(b"\x00") for k in keys), dtype=bool, count=len(keys))
+        probe = np.array([k if ok else b"" for k, ok in zip(keys, usable.tolist())], dtype=f"S{width}")
+        pos = np.minimum(np.searchsorted(self._ids, probe), len(self._ids) - 1)
+        found = usable & (np.asarray(self._ids[pos]) == probe)
+        return np.where(found, pos, -1).astype(np.int32)
 
     def id_of(self, row: int) -> str:
         if not 0 <= row < len(self._ids):

@@ -47,3 +47,28 @@ def environment() -> dict[str, object]:
         "loadavg_at_start": list(os.getloadavg()),
         "python": platform.python_version(),
     }
+
+
+def publish(result: dict, json_path: str | None, table: str) -> int:
+    """The end of every benchmark: the JSON result where asked, the Markdown table on stdout."""
+    import json
+
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    return 0
+
+
+def percentiles(ms) -> dict[str, float]:
+    """p50/p90/p99/max/mean of latencies in ms (any sequence or array), rounded to µs."""
+    import numpy as np
+
+    ms = np.asarray(ms, dtype=np.float64)
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p90": round(float(np.percentile(ms, 90)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+        "max": round(float(ms.max()), 3),
+        "mean": round(float(ms.mean()), 3),
+    }

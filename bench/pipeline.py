@@ -1,7 +1,8 @@
 """In-process benchmark of the request path, per surface and per stage.
 
-Requests are drawn from the bundle's own shoppers (known shoppers with their snapshot history,
-plus a share of unknown ones), pdp anchors from the shoppers' recent items, carts of 1-3 of them.
+Requests come from bench.workload (the bundle's own shoppers with their snapshot history plus a
+share of unknown ones; pdp anchors and carts from their recent items), the same mix the HTTP and
+baseline benchmarks send.
 Every request runs the engine's real stages (engine.service.Recommender.run); we record each
 stage's wall time and the total. Percentiles are over all requests of a surface.
 
@@ -11,56 +12,18 @@ stage's wall time and the total. Percentiles are over all requests of a surface.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from artifacts import layout
 from artifacts.bundle import open_bundle
-from bench.environment import environment
-from engine.schemas import RecommendQuery
+from bench.environment import environment, percentiles, publish
+from bench.workload import draw
 from engine.service import Recommender
 from engine.settings import Settings
 
 STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "total")
-COLD_SHARE = 0.1  # unknown shoppers among the requests
-
-
-def _queries(rec: Recommender, surface: str, n: int, seed: int) -> list[RecommendQuery]:
-    bundle = rec.view.bundle
-    rng = np.random.default_rng(seed)
-    users, snap = bundle.users, rec.view.snapshot
-    popular = np.asarray(bundle.array(layout.POPULAR_GLOBAL))
-    queries = []
-    while len(queries) < n:
-        if rng.random() < COLD_SHARE:
-            user, recent = f"cold-{rng.integers(1 << 30)}", []
-        else:
-            user = users.id_of(int(rng.integers(len(users))))
-            record = snap.get(user) if snap else None
-            recent = list(record.recent_items) if record else []
-        pick = recent if recent else popular.tolist()
-        anchor = bundle.items.id_of(int(pick[int(rng.integers(len(pick)))]))
-        if surface == "home":
-            queries.append(RecommendQuery("home", user_id=user, count=20))
-        elif surface == "pdp":
-            queries.append(RecommendQuery("pdp", user_id=user, item_id=anchor, count=20))
-        else:
-            cart = {anchor, *(bundle.items.id_of(int(pick[int(i)])) for i in rng.integers(len(pick), size=int(rng.integers(0, 3))))}
-            queries.append(RecommendQuery("cart", user_id=user, cart=sorted(cart), count=20))
-    return queries
-
-
-def _summary(ms: np.ndarray) -> dict[str, float]:
-    return {
-        "p50": round(float(np.percentile(ms, 50)), 3),
-        "p90": round(float(np.percentile(ms, 90)), 3),
-        "p99": round(float(np.percentile(ms, 99)), 3),
-        "max": round(float(ms.max()), 3),
-        "mean": round(float(ms.mean()), 3),
-    }
 
 
 def run(bundle_path: Path, requests: int, seed: int = 1) -> dict:
@@ -79,7 +42,7 @@ def run(bundle_path: Path, requests: int, seed: int = 1) -> dict:
         "surfaces": {},
     }
     for i, surface in enumerate(("home", "pdp", "cart")):
-        queries = _queries(rec, surface, requests, seed + i)
+        queries = draw(bundle, surface, requests, seed + i)
         for q in queries[:50]:  # page in the parts this surface touches
             rec.run(q, now=now)
         times = {stage: np.zeros(len(queries)) for stage in STAGES}
@@ -95,7 +58,7 @@ def run(bundle_path: Path, requests: int, seed: int = 1) -> dict:
             key = response.fallback or "none"
             fallbacks[key] = fallbacks.get(key, 0) + 1
         result["surfaces"][surface] = {
-            "ms": {stage: _summary(times[stage]) for stage in STAGES},
+            "ms": {stage: percentiles(times[stage]) for stage in STAGES},
             "candidates_ranked_mean": round(float(candidates.mean()), 1),
             "fallbacks": fallbacks,
         }
@@ -125,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     result = run(Path(args.bundle), args.requests)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    return 0
+    return publish(result, args.json, table(result))
 
 
 if __name__ == "__main__":

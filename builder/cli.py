@@ -161,12 +161,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(scale=args.scale, workdir=Path(args.workdir), seed=args.seed, rebuild=args.rebuild, port=args.port, once=args.once)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import os
+
+    # Serving workers are single-threaded (engine/server.py); so is what the benchmarks measure
+    # in process. Set before numpy is first imported.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    from bench.cli import main as bench_main
+
+    return bench_main(list(args.args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aisle", description="Aisle: recommendations for storefronts, from one host.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate a seeded synthetic store in the canonical schema")
-    s.add_argument("--scale", default="tiny", help="micro | tiny | small | 1m (default tiny)")
+    s.add_argument("--scale", default="tiny", help="micro | tiny | small | 1m | 5m (default tiny)")
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing store in --out")
@@ -245,6 +257,11 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--retire", action="store_true")
     a.add_argument("--to", default="tcp://127.0.0.1:5557")
     s.set_defaults(func=_cmd_inventory)
+
+    s = sub.add_parser("bench", help="benchmarks: pipeline, http, peers, baseline, profile, rss, freshness, ranker, candidates",
+                       add_help=False)
+    s.add_argument("args", nargs=argparse.REMAINDER, help="NAME [options]; `aisle bench` lists them")
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="synthesise a store, build it, and show recommendations")
     s.add_argument("--scale", default="small")

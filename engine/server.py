@@ -38,7 +38,7 @@ def serve(settings: Settings) -> None:
     subscriber = _start_subscriber(settings) if settings.inventory.enabled else None
 
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes
 
     server = Granian(
         target="engine.app:app",
@@ -47,6 +47,8 @@ def serve(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=settings.server.workers,
         loop=Loops(settings.server.loop),
+        runtime_mode=RuntimeModes(settings.server.runtime_mode),
+        http=HTTPModes(settings.server.http),
         backlog=settings.server.backlog,
         respawn_failed_workers=True,
         log_access=False,

@@ -165,6 +165,7 @@ class Recommender:
         self.ranker = ranker
         self.live = live
         self.build_id = bundle.build_id
+        self.items = bundle.items  # SKU ↔ row
         self.resolve = ResolveShopper(self.view, live, settings.limits.max_recent_items)
         self.stages = (
             RetrieveCandidates(self.view, settings),
@@ -191,7 +192,7 @@ class Recommender:
 
     # -- decode: external ids → bundle rows/codes --------------------------------------------
     def _rows(self, skus: list[str]) -> np.ndarray:
-        rows = self.view.bundle.items.rows_of(skus)
+        rows = self.items.rows_of(skus)
         return rows[rows >= 0]
 
     def _category_nodes(self, path: str) -> np.ndarray:
@@ -209,7 +210,7 @@ class Recommender:
         ctx.region = self.region_code.get(q.region or "", 0)
         ctx.device = self.device_code.get(q.device or "", 0)
         if q.surface == "pdp":
-            row = self.view.bundle.items.row_of(q.item_id or "")
+            row = self.items.row_of(q.item_id or "")
             if row < 0:
                 row = self._proxy_for_new_sku(q.item_id or "")
             if row < 0:
@@ -223,7 +224,7 @@ class Recommender:
         if q.candidates:
             # Re-ranking: the caller's items, each once, in the caller's order; SKUs the bundle
             # does not know cannot be scored and are reported back as `unranked`.
-            rows = self.view.bundle.items.rows_of(q.candidates)
+            rows = self.items.rows_of(q.candidates)
             known = rows >= 0
             ctx.unranked = [sku for sku, ok in zip(q.candidates, known.tolist()) if not ok]
             rows = rows[known]
@@ -248,17 +249,13 @@ class Recommender:
         timed(self.resolve, ctx, q.user_id, self._rows(q.recent) if q.recent else None)
         for stage in self.stages:
             timed(stage, ctx)
-        items = []
-        for i, position in enumerate(ctx.selected.tolist()):
-            source, reason = self.explain(ctx, position, bool(ctx.explored[i]) if ctx.explored is not None and i < len(ctx.explored) else False)
-            items.append(
-                RecommendedItem(
-                    sku=self.view.bundle.items.id_of(int(ctx.candidates.rows[position])),
-                    score=round(float(ctx.scores[position]), 6),
-                    reason=reason,
-                    source=source,
-                )
-            )
+        selected = ctx.selected
+        skus = self.items.ids_of(ctx.candidates.rows[selected])
+        scores = np.round(ctx.scores[selected].astype(np.float64), 6).tolist()
+        items = [
+            RecommendedItem(sku=sku, score=score, reason=reason, source=source)
+            for sku, score, (source, reason) in zip(skus, scores, self.explain(ctx, selected, ctx.explored))
+        ]
         if self.fresh is not None and ctx.offset == 0 and ctx.given is None:
             items = self._with_fresh(q, ctx, items)
         end = ctx.offset + ctx.count
@@ -326,7 +323,7 @@ class Recommender:
         so no shopper's request pays a JIT compile or a cold page fault storm."""
         for kernel_module in (kernels_mmr, kernels_caps, kernels_explore):
             kernel_module.warm()  # kernels a warm-up request may not reach (e.g. no new items)
-        anchor = [self.view.bundle.items.id_of(int(self.view.popular[0]))] if len(self.view.popular) else []
+        anchor = [self.items.id_of(int(self.view.popular[0]))] if len(self.view.popular) else []
         for surface in ("home", "pdp", "cart"):
             if surface != "home" and not anchor:
                 continue

@@ -129,6 +129,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8000
     workers: int = 2  # Granian worker processes; one per core
     loop: str = "uvloop"  # asyncio | uvloop (rloop if installed)
+    runtime_mode: str = "auto"  # Granian's Rust I/O runtime per worker: auto | st (single-threaded) | mt
+    http: str = "auto"  # auto | 1 (HTTP/1.1 only: no HTTP/2 preface detection) | 2
     backlog: int = 1024
 
 
@@ -182,6 +184,10 @@ def validate(settings: Settings) -> Settings:
         problems.append("server.port must be in [0, 65535]")
     if settings.server.loop not in ("asyncio", "uvloop", "rloop", "auto"):
         problems.append("server.loop must be asyncio, uvloop, rloop or auto")
+    if settings.server.runtime_mode not in ("auto", "st", "mt"):
+        problems.append("server.runtime_mode must be auto, st or mt")
+    if settings.server.http not in ("auto", "1", "2"):
+        problems.append("server.http must be auto, 1 or 2")
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
     return settings

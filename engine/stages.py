@@ -330,45 +330,63 @@ REASON_PRIORITY = {
 
 
 class Explain:
-    """A reason for every item, from the strongest source that proposed it and its anchor item."""
+    """A reason for every item, from the strongest source that proposed it and its anchor item.
+    One call per slate: the source choice is vectorised, titles are read only for the anchors a
+    reason names (a re-ranking slate can be 1,000 items long)."""
 
     def __init__(self, view: CatalogView) -> None:
         self.view = view
         self.bundle = view.bundle
         self.leaf = [p.split("/")[-1] if p else "" for p in self.bundle.vocab.category_path]
         self.regions = self.bundle.vocab.regions
+        self.priority = {surface: np.asarray([SOURCE_ID[s] for s in order], np.int64) for surface, order in REASON_PRIORITY.items()}
 
-    def __call__(self, ctx: RequestContext, position: int, explored: bool) -> tuple[str, str]:
+    def __call__(self, ctx: RequestContext, positions: np.ndarray, explored: np.ndarray | None) -> list[tuple[str, str]]:
         cands = ctx.candidates
-        if explored:
-            return "new", "New arrival"
-        proposed = cands.source_scores[position] > 0
-        source = next(
-            (s for s in REASON_PRIORITY[ctx.surface] if proposed[SOURCE_ID[s]]),
-            SOURCE_NAMES[int(cands.source[position])],
-        )
-        anchor = int(cands.anchors[position, SOURCE_ID[source]])
-        title = self.bundle.title(anchor) if anchor >= 0 else ""
-        row = int(cands.rows[position])
-        category = self.leaf[int(self.view.category[row])]
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            return []
+        priority = self.priority[ctx.surface]
+        proposed = cands.source_scores[positions][:, priority] > 0  # [n, sources in priority order]
+        chosen = np.where(proposed.any(axis=1), priority[proposed.argmax(axis=1)], cands.source[positions].astype(np.int64))
+        anchors = cands.anchors[positions, chosen].tolist()
+        categories = np.asarray(self.view.category[cands.rows[positions]]).tolist()
+        flags = explored.tolist() if explored is not None else []
         region = self.regions[ctx.region] if 0 < ctx.region < len(self.regions) else ""
-        if source in ("covisit", "coview") and title:
-            return source, f"Because you viewed {title}"
-        if source == "copurchase" and title:
-            return source, f"Frequently bought with {title}"
-        if source == "similar" and title:
-            return source, f"Similar to {title}"
-        if source == "ann":
-            return source, "Picked for you"
-        if source == "trending":
-            return source, f"Trending in {region}" if region else f"Trending in {category}"
-        if source == "category_popular":
-            return source, f"Popular in {category}"
-        if source == "complements":
-            return source, "Goes with your cart"
-        if source == "new":
-            return source, "New arrival"
-        return "popular", "Popular"
+        titles: dict[int, str] = {}
+        out = []
+        for i, (sid, anchor, category) in enumerate(zip(chosen.tolist(), anchors, categories)):
+            if i < len(flags) and flags[i]:
+                out.append(("new", "New arrival"))
+                continue
+            source = SOURCE_NAMES[sid]
+            title = ""
+            if anchor >= 0 and source in ("covisit", "coview", "copurchase", "similar"):
+                title = titles.get(anchor) or titles.setdefault(anchor, self.bundle.title(anchor))
+            out.append(reason_text(source, title, self.leaf[category], region))
+        return out
+
+
+def reason_text(source: str, title: str, category: str, region: str) -> tuple[str, str]:
+    """(source shown, the sentence a shopper reads) for an item proposed by `source`; `title` is the
+    anchor item's title ("" if none), category the item's leaf, region the request's ("" if none)."""
+    if source in ("covisit", "coview") and title:
+        return source, f"Because you viewed {title}"
+    if source == "copurchase" and title:
+        return source, f"Frequently bought with {title}"
+    if source == "similar" and title:
+        return source, f"Similar to {title}"
+    if source == "ann":
+        return source, "Picked for you"
+    if source == "trending":
+        return source, f"Trending in {region}" if region else f"Trending in {category}"
+    if source == "category_popular":
+        return source, f"Popular in {category}"
+    if source == "complements":
+        return source, "Goes with your cart"
+    if source == "new":
+        return source, "New arrival"
+    return "popular", "Popular"
 
 
 def timed(stage: Stage, ctx: RequestContext, *args: object) -> None:

@@ -44,6 +44,10 @@ SCALES: dict[str, Scale] = {
         Scale("1m", items=1_000_000, shoppers=400_000, sessions_per_shopper=0.72, departments=14,
               categories_per_department=5, leaves_per_category=6, brands=12_000, sellers=2_500,
               leaf_variants=5),
+        # The 5M-SKU capacity check (measured once by hand): ~20M events, every leaf in 8 variants.
+        Scale("5m", items=5_000_000, shoppers=1_000_000, sessions_per_shopper=0.6, departments=14,
+              categories_per_department=5, leaves_per_category=6, brands=25_000, sellers=4_800,
+              leaf_variants=8),
     )
 }  # fmt: skip
 
