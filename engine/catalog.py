@@ -16,6 +16,7 @@ from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
 from engine.eventlog import EventLog
 from engine.inventory.state import ItemState
+from engine.livecounts import LiveCounts
 from engine.nearest import NearestInStock
 
 
@@ -67,6 +68,7 @@ class CatalogView:
         self.snapshot: ShopperSnapshot | None = None
         self.inventory: ItemState | None = None
         self.events: EventLog | None = None  # the host's live event log (counters since the build)
+        self._live_counts: LiveCounts | None = None  # this worker's cache over events' counters
         if load_index:
             self.load_index()
         if load_tower:
@@ -90,7 +92,9 @@ class CatalogView:
         impressions: engine.eventlog.COUNTERS) from the live event log, or None without one."""
         if self.events is None or len(rows) == 0:
             return None
-        return self.events.counters(self.bundle.items.ids_of(rows), now=float(now))
+        if self._live_counts is None or self._live_counts.log is not self.events:
+            self._live_counts = LiveCounts(self.events)
+        return self._live_counts.counters(self.bundle.items.ids_of(rows), now=float(now))
 
     def offers(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(price float32, discount float32, available bool) per row, consistent per row: with live

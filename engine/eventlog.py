@@ -528,15 +528,23 @@ class EventLog:
     def counters(self, skus: Sequence[str], now: float | None = None) -> np.ndarray:
         """float32 [len(skus), len(COUNTERS)]: each SKU's decayed counts at `now` (default: the
         clock), columns in `COUNTERS` order; zeros for a SKU never seen. One read transaction."""
-        n, width = len(skus), len(COUNTERS)
-        raw = np.zeros((n, 1 + width), dtype=np.float64)
+        return self.decayed(self.raw_counters(skus), now)
+
+    def raw_counters(self, skus: Sequence[str]) -> np.ndarray:
+        """float64 [len(skus), 1 + len(COUNTERS)]: (as-of time, counts as of then) per SKU, all
+        zeros for a SKU never seen; `decayed` brings them to a moment. One read transaction."""
+        raw = np.zeros((len(skus), 1 + len(COUNTERS)), dtype=np.float64)
         with self._env.begin(db=self._counters, buffers=True) as txn:
             for i, sku in enumerate(skus):
                 value = txn.get(sku.encode())
                 if value is not None:
                     raw[i] = _COUNTER.unpack_from(value)
-        if n == 0:
-            return np.zeros((0, width), dtype=np.float32)
+        return raw
+
+    def decayed(self, raw: np.ndarray, now: float | None = None) -> np.ndarray:
+        """raw_counters rows decayed to `now` (default: the clock): float32 [n, len(COUNTERS)]."""
+        if len(raw) == 0:
+            return np.zeros((0, len(COUNTERS)), dtype=np.float32)
         now = time.time() if now is None else now
         return decay(raw[:, 1:], now - raw[:, :1], self.half_life_s).astype(np.float32)
 

@@ -428,3 +428,21 @@ def test_a_malformed_call_in_a_group_fails_alone(tmp_path: Path) -> None:
         outcomes = asyncio.run(main())
         assert isinstance(outcomes[1], AttributeError)
         assert [o.accepted_ids for i, o in enumerate(outcomes) if i != 1] == [["ok-0"], ["ok-1"], ["ok-2"]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(st.tuples(st.lists(st.tuples(st.sampled_from(["SKU-1", "SKU-2", "SKU-3"]), st.sampled_from(["click", "purchase", "impression", "dwell"])), max_size=5),
+                                st.lists(st.sampled_from(["SKU-1", "SKU-2", "SKU-3", "NEVER"]), min_size=1, max_size=4)), min_size=1, max_size=8),
+       max_scan=st.sampled_from([1, 2_000]))
+def test_a_workers_counter_cache_reads_what_the_log_holds(steps: list, max_scan: int) -> None:
+    """LiveCounts (engine/livecounts.py) keeps counters between requests and forgets the items of
+    newly logged events: whatever the interleaving, it reads what the log itself answers."""
+    from engine.livecounts import LiveCounts
+
+    with tempfile.TemporaryDirectory() as tmp, EventLog(Path(tmp), half_life_s=100.0) as log:
+        cache = LiveCounts(log, max_scan=max_scan)
+        n = 0
+        for batch, reads in steps:
+            log.append([event(f"e{n + i}", sku=sku, type=kind, ts=1000.0 + n + i) for i, (sku, kind) in enumerate(batch)], now=2000.0)
+            n += len(batch)
+            np.testing.assert_array_equal(cache.counters(reads, now=1500.0), log.counters(reads, now=1500.0))

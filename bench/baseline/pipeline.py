@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -246,7 +247,9 @@ class BaselineRecommender:
         if not len(rows):
             relevance = np.zeros(0)
         elif self.threads is None:
-            relevance = self.ranker.predict(X)
+            # LightGBM's default is OpenMP's: every core, unless OMP_NUM_THREADS says otherwise
+            # (the bench package sets it to 1 for the engine's sake); ask for the cores explicitly.
+            relevance = self.ranker.predict(X, num_threads=os.cpu_count() or 1)
         else:
             relevance = self.ranker.predict(X, num_threads=self.threads)
         t4 = time.perf_counter()
