@@ -43,7 +43,7 @@ class IdMap:
 
     @classmethod
     def load(cls, path: Path) -> IdMap:
-        return cls(np.load(path, mmap_mode="r", allow_pickle=False))
+        return cls(np.asarray(np.load(path, mmap_mode="r", allow_pickle=False)))  # a plain view: see Bundle.array
 
     def __len__(self) -> int:
         return int(self._ids.shape[0])

@@ -37,6 +37,7 @@ class VectorIndex:
         self.dtype = str(index.dtype)
         self.metric = index.metric
         self._i8_ip = index.metric == MetricKind.IP and index.dtype == ScalarKind.I8
+        self.expansion_search = int(index.expansion_search)  # the default ef of search()
 
     @classmethod
     def open(cls, path: Path | str, ndim: int, expansion_search: int) -> VectorIndex:
@@ -58,16 +59,22 @@ class VectorIndex:
         if index.metric not in (MetricKind.IP, MetricKind.Cos):
             raise VectorIndexError(f"{path}: index metric {index.metric} is not ip or cos; rebuild with this builder")
         index.expansion_search = max(1, int(expansion_search))
-        return cls(index, path)
+        view = cls(index, path)
+        view.expansion_search = int(index.expansion_search)
+        return view
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, expansion: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k by inner product for query float32 [D] → (rows int32 [k'], scores
-        float32 [k']), k' ≤ k, scores non-increasing. One thread (engine workers share cores)."""
+        float32 [k']), k' ≤ k, scores non-increasing. One thread (engine workers share cores).
+        `expansion`: HNSW ef for this query (default: the one the index was opened with)."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.shape != (self.ndim,):
             raise VectorIndexError(f"query: expected float32 [{self.ndim}], got shape {query.shape}")
         if k <= 0 or self.size == 0:
             return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        ef = self.expansion_search if expansion is None else max(1, int(expansion))
+        if self._index.expansion_search != ef:
+            self._index.expansion_search = ef
         matches = self._index.search(query, min(int(k), self.size), threads=1)
         keys, distances = matches.keys, matches.distances
         # A single query's Matches is already cut to the found count; the checks guard against
@@ -87,6 +94,8 @@ class VectorIndex:
         scores = np.full((q, k), _SENTINEL_SCORE, dtype=np.float32)
         if q == 0 or k == 0 or self.size == 0:
             return rows, scores, np.zeros(q, dtype=np.int32)
+        if self._index.expansion_search != self.expansion_search:  # search() may have left another ef
+            self._index.expansion_search = self.expansion_search
         found = self._index.search(queries, min(k, self.size), threads=max(1, int(threads)))
         keys = np.asarray(found.keys).reshape(q, -1)
         distances = np.asarray(found.distances).reshape(q, -1)

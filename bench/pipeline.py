@@ -41,8 +41,10 @@ def run(bundle_path: Path, requests: int, seed: int = 1) -> dict:
         "load_and_warm_seconds": round(start_s, 3),
         "surfaces": {},
     }
-    for i, surface in enumerate(("home", "pdp", "cart")):
-        queries = draw(bundle, surface, requests, seed + i)
+    # "home·history": home for known shoppers with recent items only. The mix above includes
+    # shoppers without history, whose context-only vector is served from a cache (engine.nearest).
+    for i, (surface, name) in enumerate((("home", "home"), ("home", "home·history"), ("pdp", "pdp"), ("cart", "cart"))):
+        queries = draw(bundle, surface, requests, seed + i, with_history=name.endswith("history"))
         for q in queries[:50]:  # page in the parts this surface touches
             rec.run(q, now=now)
         times = {stage: np.zeros(len(queries)) for stage in STAGES}
@@ -57,7 +59,7 @@ def run(bundle_path: Path, requests: int, seed: int = 1) -> dict:
             candidates[j] = len(ctx.candidates) if ctx.candidates is not None else 0
             key = response.fallback or "none"
             fallbacks[key] = fallbacks.get(key, 0) + 1
-        result["surfaces"][surface] = {
+        result["surfaces"][name] = {
             "ms": {stage: percentiles(times[stage]) for stage in STAGES},
             "candidates_ranked_mean": round(float(candidates.mean()), 1),
             "fallbacks": fallbacks,

@@ -32,8 +32,9 @@ def _snapshot(bundle: Bundle) -> ShopperSnapshot | None:
     return ShopperSnapshot(bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)
 
 
-def draw(bundle: Bundle, surface: str, n: int, seed: int = 1, count: int = 20) -> list[RecommendQuery]:
-    """n requests for `surface` from this bundle's shoppers (see the module docstring)."""
+def draw(bundle: Bundle, surface: str, n: int, seed: int = 1, count: int = 20, with_history: bool = False) -> list[RecommendQuery]:
+    """n requests for `surface` from this bundle's shoppers (see the module docstring);
+    with_history: only known shoppers with recent items (no cold or history-less ones)."""
     if surface not in SURFACES:
         raise ValueError(f"unknown surface {surface!r}; one of {', '.join(SURFACES)}")
     rng = np.random.default_rng(seed)
@@ -41,14 +42,20 @@ def draw(bundle: Bundle, surface: str, n: int, seed: int = 1, count: int = 20) -
     snap = _snapshot(bundle)
     popular = np.asarray(bundle.array(layout.POPULAR_GLOBAL))[:1000].tolist()
     out: list[RecommendQuery] = []
+    tries = 0
     try:
         while len(out) < n:
-            if rng.random() < COLD_SHARE or len(users) == 0:
+            tries += 1
+            if with_history and tries > 200 * n:
+                raise ValueError(f"bundle {bundle.build_id} has too few shoppers with history for {n} requests")
+            if (rng.random() < COLD_SHARE and not with_history) or len(users) == 0:
                 user, recent = f"cold-{int(rng.integers(1 << 30))}", []
             else:
                 user = users.id_of(int(rng.integers(len(users))))
                 record = snap.get(user) if snap is not None else None
                 recent = list(record.recent_items) if record else []
+                if with_history and not recent:
+                    continue
             pick = recent if recent else popular
             anchor = items.id_of(int(pick[int(rng.integers(len(pick)))]))
             if surface == "home":

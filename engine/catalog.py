@@ -17,7 +17,7 @@ from artifacts.vectors import VectorIndex
 from engine.eventlog import EventLog
 from engine.inventory.state import ItemState
 from engine.livecounts import LiveCounts
-from engine.nearest import NearestInStock
+from engine.nearest import ContextNearest, NearestInStock
 
 
 class CatalogView:
@@ -29,6 +29,7 @@ class CatalogView:
         load_tower: bool = True,
         load_snapshot: bool = True,
         expansion_search: int = 256,
+        expansion_search_items: int = 128,
         exact_max_rows: int = 50_000,
         max_oversample: int = 2_000,
     ) -> None:
@@ -61,9 +62,11 @@ class CatalogView:
         self.popular = bundle.array(layout.POPULAR_GLOBAL)
         self.new_arrivals = bundle.array(layout.NEW_ARRIVALS)
         self.expansion_search = expansion_search
+        self.expansion_search_items = expansion_search_items  # ef for item-vector queries (similar items)
         self.exact_max_rows, self.max_oversample = exact_max_rows, max_oversample
         self.index: VectorIndex | None = None
         self.nearest: NearestInStock | None = None  # set with the index
+        self.context_nearest: ContextNearest | None = None
         self.tower: UserTower | None = None
         self.snapshot: ShopperSnapshot | None = None
         self.inventory: ItemState | None = None
@@ -110,13 +113,21 @@ class CatalogView:
         if self.bundle.has(layout.ITEM_INDEX):
             self.index = VectorIndex.open(self.bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=self.expansion_search)
             self.nearest = NearestInStock(self.index, self.vectors, self.exact_max_rows, self.max_oversample)
+            self.context_nearest = ContextNearest(self.vectors)
 
-    def search_in_stock(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to k nearest items to query that are in stock now (engine.nearest); needs the index."""
+    def search_in_stock(self, query: np.ndarray, k: int, expansion: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k nearest items to query that are in stock now (engine.nearest); needs the index.
+        `expansion`: HNSW ef for this query (default expansion_search)."""
         if self.nearest is None:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         generation = self.inventory.changes() if self.inventory is not None else 0
-        return self.nearest.search(query, k, self.in_stock, generation)
+        return self.nearest.search(query, k, self.in_stock, generation, expansion)
+
+    def search_for_context(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """search_in_stock for a vector that depends on the request context only (a shopper
+        without history): exact, from a per-worker cache (engine.nearest.ContextNearest)."""
+        found = self.context_nearest.search(query, k, self.in_stock) if self.context_nearest is not None else None
+        return found if found is not None else self.search_in_stock(query, k)
 
     def load_tower(self) -> None:
         if self.bundle.has(layout.USER_TOWER):

@@ -145,6 +145,7 @@ class Recommender:
         r = settings.retrieval
         self.view = CatalogView(
             bundle, load_index=False, load_tower=False, load_snapshot=False, expansion_search=settings.expansion_search,
+            expansion_search_items=settings.expansion_search_items,
             exact_max_rows=r.ann_exact_max_rows, max_oversample=r.ann_max_oversample,
         )
         for part, loader in (("index", self.view.load_index), ("tower", self.view.load_tower), ("snapshot", self.view.load_snapshot)):
@@ -316,6 +317,7 @@ class Recommender:
             self.view.inventory = None
         self.view.index = None
         self.view.nearest = None
+        self.view.context_nearest = None
         self.view.tower = None
 
     def warm(self) -> None:
@@ -329,3 +331,11 @@ class Recommender:
                 continue
             q = RecommendQuery(surface=surface, item_id=anchor[0] if surface == "pdp" else None, cart=anchor if surface == "cart" else [], count=10)
             self.run(q, request_id="warm-up", now=self.end_ts)
+        view = self.view
+        if view.tower is not None and view.context_nearest is not None:
+            # Every context-only shopper vector (region × device) and its exact neighbours, so
+            # the first cold shopper of each context does not pay a pass over the catalog.
+            empty = np.zeros((0, view.dim), np.float32)
+            for region in range(len(self.bundle.vocab.regions)):
+                for device in range(len(self.bundle.vocab.devices)):
+                    view.context_nearest.search(view.tower.encode_one(empty, region, device), 1, view.in_stock)

@@ -107,7 +107,10 @@ class AnnSource:
     def retrieve(self, view: CatalogView, ctx: RequestContext, k: int) -> SourceOutput:
         if ctx.user_vector is None or view.index is None:
             return EMPTY
-        rows, scores = view.search_in_stock(ctx.user_vector, k)
+        if len(ctx.shopper.recent_items) == 0:  # the tower's context-only vector: cached, exact
+            rows, scores = view.search_for_context(ctx.user_vector, k)
+        else:
+            rows, scores = view.search_in_stock(ctx.user_vector, k)
         # Cosine can be ≤ 0 for far items; shift so every proposed item has a positive score.
         return rows, (scores + 1.0).astype(np.float32), np.full(len(rows), -1, np.int32)
 
@@ -125,7 +128,7 @@ class SimilarSource:
         for anchor in ctx.anchors[-self.max_anchors :]:
             if not 0 <= anchor < view.n_items:
                 continue
-            rows, scores = view.search_in_stock(np.asarray(view.vectors[anchor], dtype=np.float32), k + 1)
+            rows, scores = view.search_in_stock(np.asarray(view.vectors[anchor], dtype=np.float32), k + 1, view.expansion_search_items)
             parts_r.append(rows)
             parts_s.append((scores + 1.0).astype(np.float32))
             parts_a.append(np.full(len(rows), anchor, np.int32))

@@ -55,3 +55,18 @@ def test_the_in_stock_rows_follow_the_stock_generation(view: CatalogView) -> Non
     assert set(search.search(query, 10, stock, generation=1)[0].tolist()) <= set(range(50))
     stock[:50], stock[50:100] = 0, 1  # the live feed changed the flags and moved the counter
     assert set(search.search(query, 10, stock, generation=2)[0].tolist()) <= set(range(50, 100))
+
+
+def test_shoppers_without_history_get_their_exact_neighbours_from_the_context_cache(view: CatalogView) -> None:
+    from engine.nearest import ContextNearest
+
+    cache = ContextNearest(view.vectors, depth=200)
+    rng = np.random.default_rng(3)
+    query = rng.normal(size=view.dim).astype(np.float32)
+    query /= np.linalg.norm(query)
+    stock = (rng.random(view.n_items) < 0.5).astype(np.uint8)
+    rows, _ = cache.search(query, 20, stock)
+    assert set(rows.tolist()) == _truth(view, query, stock, 20) and len(cache.cache) == 1
+    cache.search(query, 20, stock)
+    assert len(cache.cache) == 1  # the same context vector is served from the cache
+    assert cache.search(query, 20, np.zeros(view.n_items, np.uint8)) is None  # too few in stock: the caller falls back
