@@ -330,10 +330,10 @@ def table(result: dict) -> str:
     if "metarank" in result:
         m = result["metarank"]
         lines += [f"Metarank's workload ({m['requests_per_size']} sequential requests per size); published: {m['published']}", "",
-                  "| items | in-process p50 | p99 | HTTP p50 | p80 | p90 | p95 | p99 | ms |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| items | in-process p50 ms | in-process p99 ms | HTTP p50 ms | p80 | p90 | p95 | p99 |", "|---|---|---|---|---|---|---|---|"]
         for row in m["sizes"]:
             ip, h = row["in_process"]["ms"], row.get("http", {}).get("ms", {})
-            lines.append(f"| {row['items']} | {ip['p50']} | {ip['p99']} | " + " | ".join(str(h.get(f"p{p}", "–")) for p in PERCENTILES) + " | |")
+            lines.append(f"| {row['items']} | {ip['p50']} | {ip['p99']} | " + " | ".join(str(h.get(f"p{p}", "–")) for p in PERCENTILES) + " |")
         lines.append("")
     if "gorse" in result:
         g = result["gorse"]

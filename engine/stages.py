@@ -209,7 +209,9 @@ class GatherFeatures:
 
     def __call__(self, ctx: RequestContext) -> None:
         cands = ctx.candidates
-        limit = self.settings.ranking.max_candidates
+        # A page deeper than the cap (count up to limits.max_count, or a cursor) still needs its
+        # items ranked: the cap never cuts below offset + count.
+        limit = max(self.settings.ranking.max_candidates, ctx.offset + ctx.count)
         if len(cands) > limit and ctx.given is None:  # given candidates are all ranked (limits.max_rank_items)  # the ranker's cost grows with rows: keep the best by retrieval
             cands = cands.take(np.sort(topk(retrieval_scores(cands), limit)))
             ctx.candidates = cands

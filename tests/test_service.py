@@ -144,3 +144,12 @@ def test_reranking_never_backfills_and_reports_unknown_skus(recommender: Recomme
     given = [view.bundle.items.id_of(int(r)) for r in in_stock] + ["NOT-A-SKU"]
     response, _ = recommender.run(RecommendQuery("home", candidates=given, count=20), now=view.bundle.manifest.dims["end_ts"])
     assert {i.sku for i in response.items} <= set(given[:3]) and response.unranked == ["NOT-A-SKU"]
+
+
+def test_a_page_longer_than_the_ranking_cap_is_still_full(tiny_bundle: Path) -> None:
+    base = Settings()
+    s = msgspec.structs.replace(base, ranking=msgspec.structs.replace(base.ranking, max_candidates=50),
+                                limits=msgspec.structs.replace(base.limits, max_count=200))
+    rec = Recommender(open_bundle(tiny_bundle / "current"), s, live=None)
+    response, _ = rec.run(RecommendQuery("home", user_id=rec.view.bundle.users.id_of(1), count=120))
+    assert len({i.sku for i in response.items}) == 120
