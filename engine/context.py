@@ -52,6 +52,7 @@ class RequestContext:
     started: float = 0.0  # perf_counter at decode
     given: np.ndarray | None = None  # int32 rows to rank instead of retrieving (re-ranking request)
     unranked: list[str] = field(default_factory=list)  # given SKUs the bundle does not know
+    variant: str = "default"  # experiment arm: "default", "holdout" or "experiment:variant"
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1e3 if self.started else 0.0

@@ -28,7 +28,8 @@ from engine.fresh import FreshItems
 from engine.inventory.state import ItemState
 from engine.eventlog import EventLog
 from engine.schemas import RecommendedItem, RecommendQuery, RecommendResponse
-from engine.settings import Settings
+from engine.experiments import Assigner
+from engine.settings import Settings, with_variant
 from engine.shopper import Shopper
 from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
 from kernels import caps as kernels_caps
@@ -168,13 +169,12 @@ class Recommender:
         self.build_id = bundle.build_id
         self.items = bundle.items  # SKU ↔ row
         self.resolve = ResolveShopper(self.view, live, settings.limits.max_recent_items)
-        self.stages = (
-            RetrieveCandidates(self.view, settings),
-            FilterCandidates(self.view, settings),
-            GatherFeatures(self.view, settings),
-            PredictRanker(ranker, settings),
-            Rerank(self.view, settings),
-        )
+        self.stages = self._stages(settings)
+        # Each experiment variant runs the same stages with its own settings over the same view.
+        self.assigner = Assigner(settings)
+        self.variant_stages = {
+            f"{e.name}:{v.name}": self._stages(with_variant(settings, v)) for e in settings.experiments for v in e.variants
+        }
         self.explain = Explain(self.view)
         vocab = bundle.vocab
         self.region_code = {name: code for code, name in enumerate(vocab.regions) if name}
@@ -184,6 +184,15 @@ class Recommender:
         self.category_path = vocab.category_path
         self.end_ts = int(bundle.manifest.dims.get("end_ts", 0)) if bundle.manifest else 0
         self.fresh: FreshItems | None = None
+
+    def _stages(self, settings: Settings) -> tuple:
+        return (
+            RetrieveCandidates(self.view, settings),
+            FilterCandidates(self.view, settings),
+            GatherFeatures(self.view, settings),
+            PredictRanker(self.ranker, settings),
+            Rerank(self.view, settings),
+        )
 
     def attach_inventory(self, state: ItemState) -> None:
         """Live stock and prices from the host's shared item state, and the SKUs that arrived since
@@ -248,7 +257,8 @@ class Recommender:
         ctx = self.context(q, now)
         ctx.started = started
         timed(self.resolve, ctx, q.user_id, self._rows(q.recent) if q.recent else None)
-        for stage in self.stages:
+        ctx.variant = self.assigner.assign(q.user_id).label
+        for stage in self.variant_stages.get(ctx.variant, self.stages):
             timed(stage, ctx)
         selected = ctx.selected
         skus = self.items.ids_of(ctx.candidates.rows[selected])
@@ -264,7 +274,7 @@ class Recommender:
         response = RecommendResponse(
             items=items,
             bundle=self.build_id,
-            variant="default",
+            variant=ctx.variant,
             fallback=ctx.fallback,
             request_id=request_id or uuid.uuid4().hex,
             took_ms=round((time.perf_counter() - started) * 1000.0, 3),

@@ -134,6 +134,35 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backlog: int = 1024
 
 
+class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One arm of an experiment: a name, its share of the experiment's traffic, and the pipeline
+    knobs it changes (unset = the served settings)."""
+
+    name: str
+    weight: float = 1.0  # relative share of the experiment's shoppers
+    mmr_lambda: float | None = None
+    explore_slots: list[int] | None = None  # [] = no exploration
+    max_per_brand: int | None = None
+    max_per_category: int | None = None
+    ranking_enabled: bool | None = None
+    weight_relevance: float | None = None
+    weight_conversion: float | None = None
+    weight_price: float | None = None
+    home: list[SourceSpec] | None = None  # the surface's sources
+    pdp: list[SourceSpec] | None = None
+    cart: list[SourceSpec] | None = None
+
+
+class ExperimentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A controlled experiment: `traffic` of all shoppers (after the holdout) enter it; each is put
+    in a variant by a hash of (salt, user id), so the same shopper always sees the same arm."""
+
+    name: str
+    variants: list[VariantSettings]
+    traffic: float = 1.0  # share of all shoppers; experiments take consecutive, disjoint slices
+    salt: str = ""  # default: the name. A new salt reshuffles shoppers between the variants
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bundles: str = "bundles"  # bundle root holding `current`
     state_dir: str = "state"  # live store (recent events), metrics shared memory
@@ -153,6 +182,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     deadlines: DeadlineSettings = DeadlineSettings()
     events: EventSettings = EventSettings()
     inventory: InventorySettings = InventorySettings()
+    holdout: float = 0.0  # share of shoppers kept out of every experiment (served the settings above)
+    experiments: list[ExperimentSettings] = []
 
 
 def validate(settings: Settings) -> Settings:
@@ -176,6 +207,7 @@ def validate(settings: Settings) -> Settings:
     lim = settings.limits
     if not 1 <= lim.default_count <= lim.max_count:
         problems.append("limits.default_count must be in [1, limits.max_count]")
+    problems += _experiment_problems(settings)
     for name in ("expansion_search", "expansion_search_items"):
         if not 1 <= getattr(settings, name) <= 10_000:
             problems.append(f"{name} must be in [1, 10000]")
@@ -234,3 +266,51 @@ def from_environment() -> Settings:
         return validate(msgspec.json.decode(Path(file).read_bytes(), type=Settings))
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SettingsError(f"{file} (from {SETTINGS_ENV}): {exc}") from exc
+
+
+def with_variant(settings: Settings, v: VariantSettings) -> Settings:
+    """The served settings with one experiment variant's knobs applied."""
+    rr, rk, rt = settings.rerank, settings.ranking, settings.retrieval
+    rerank = {k: getattr(v, k) for k in ("mmr_lambda", "explore_slots", "max_per_brand", "max_per_category") if getattr(v, k) is not None}
+    ranking = {k: getattr(v, k) for k in ("weight_relevance", "weight_conversion", "weight_price") if getattr(v, k) is not None}
+    if v.ranking_enabled is not None:
+        ranking["enabled"] = v.ranking_enabled
+    retrieval = {k: getattr(v, k) for k in ("home", "pdp", "cart") if getattr(v, k) is not None}
+    return msgspec.structs.replace(
+        settings,
+        rerank=msgspec.structs.replace(rr, **rerank),
+        ranking=msgspec.structs.replace(rk, **ranking),
+        retrieval=msgspec.structs.replace(rt, **retrieval),
+        experiments=[],
+        holdout=0.0,
+    )
+
+
+def _experiment_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    if not 0 <= settings.holdout < 1:
+        problems.append(f"holdout must be in [0, 1), got {settings.holdout}")
+    names = [e.name for e in settings.experiments]
+    if len(set(names)) != len(names):
+        problems.append("experiments: names must be unique")
+    total = settings.holdout + sum(e.traffic for e in settings.experiments)
+    if total > 1 + 1e-9:
+        problems.append(f"holdout + experiments' traffic is {total:.3f}; it must be at most 1")
+    for e in settings.experiments:
+        where = f"experiments.{e.name}"
+        if not e.name or ":" in e.name:
+            problems.append(f"{where}: a name is needed, without ':'")
+        if not 0 < e.traffic <= 1:
+            problems.append(f"{where}.traffic must be in (0, 1], got {e.traffic}")
+        if len(e.variants) < 2:
+            problems.append(f"{where}: at least two variants are needed (one is the control)")
+        if len({v.name for v in e.variants}) != len(e.variants) or any(not v.name or ":" in v.name for v in e.variants):
+            problems.append(f"{where}: variant names must be unique, non-empty, without ':'")
+        for v in e.variants:
+            if not v.weight > 0:
+                problems.append(f"{where}.{v.name}.weight must be > 0, got {v.weight}")
+            try:
+                validate(with_variant(settings, v))
+            except SettingsError as exc:
+                problems.append(f"{where}.{v.name}: {exc}")
+    return problems
