@@ -80,9 +80,9 @@ class ContextNearest:
 
     Their user-tower vector depends on the request context alone (region × device: a few dozen
     distinct vectors), and it lies far from the item vectors the HNSW graph was built on: at 1M
-    items a graph search for it found 3% of its true top 150 (`aisle bench ann`). Each such vector's
-    exact top `depth` is computed once per worker (one pass over the catalog, ~12 ms at 1M) and
-    cached; a request filters the cached list by live stock."""
+    items a graph search for it found 3% of its true top 150 (bench/README.md, Levers). Each
+    such vector's exact top `depth` is computed once per worker (one pass over the catalog, ~12 ms
+    at 1M) and cached; a request filters the cached list by live stock."""
 
     def __init__(self, vectors: np.ndarray, depth: int = 2_000, max_entries: int = 256) -> None:
         self.vectors, self.depth, self.max_entries = vectors, int(depth), int(max_entries)
