@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.environment import REPO, environment
+from bench.http import free_port
 from engine.inventory import wire
 from engine.inventory.publisher import publish_one
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Client:
@@ -54,7 +48,7 @@ class Client:
 
 
 def run(bundles: Path, toggles: int, clients: int, batch: int, seconds: float) -> dict:
-    pub, snap, port = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}", _port()
+    pub, snap, port = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", free_port()
     state = Path(tempfile.mkdtemp(prefix="aisle-fresh-"))
     (state / "settings.toml").write_text(f'[inventory]\nupdates_endpoint = "{pub}"\nsnapshot_endpoint = "{snap}"\n')
     procs = [

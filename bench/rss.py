@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +22,7 @@ import time
 from pathlib import Path
 
 from bench.environment import REPO, environment
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.http import free_port
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -49,16 +43,8 @@ def _rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        found += [int(c) for c in children]
-    return found
-
-
 def measure(bundles: Path, workers: int, requests: int) -> dict:
-    port = _port()
+    port = free_port()
     state = Path(tempfile.mkdtemp(prefix="aisle-rss-"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder.cli", "serve", "--bundles", str(bundles), "--workers", str(workers), "--port", str(port), "--state", str(state)],

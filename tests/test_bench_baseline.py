@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from artifacts.bundle import open_bundle
 from bench import workload
 from bench.baseline.pipeline import BadRequest, BaselineRecommender, UnknownItem
 from engine.schemas import RecommendQuery
+from tests._server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -108,12 +108,6 @@ def test_baseline_rejects_bad_requests(baseline: BaselineRecommender) -> None:
         baseline.recommend(RecommendQuery("cart"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(port: int, path: str) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -125,7 +119,7 @@ def _get(port: int, path: str) -> tuple[int, dict]:
 
 
 def test_fastapi_server_answers_every_surface_over_http(tiny_bundle: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.baseline.server", "--bundle", str(tiny_bundle), "--port", str(port), "--workers", "1"],
