@@ -67,3 +67,4 @@ POPULAR_GLOBAL = "lists/popular.npy"  # int32 item rows, most popular first
 NEW_ARRIVALS = "lists/new_arrivals.npy"  # int32 item rows, newest first
 
 EVAL_REPORT = "eval/report.json"
+DRIFT_REFERENCE = "monitor/drift.json"  # training histograms for drift monitoring (artifacts.drift; optional part)

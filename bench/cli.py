@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "rss": ("bench.rss", "memory of 1 and 2 workers (RSS, PSS)"),
     "freshness": ("bench.freshness", "out-of-stock to slate latency; durable event ingest rate"),
     "ranker": ("bench.ranker_micro", "compiled ranker vs LightGBM predict"),
+    "ab-study": ("bench.ab_study", "a simulated A/B study: experiments served, simulated shoppers, `aisle analyze` report"),
+    "feedback-study": ("bench.feedback_study", "feedback loops over rebuild rounds: impression Gini and coverage, with and without exploration"),
     "candidates": ("bench.candidates", "how many candidates the ranker needs: final top-k recall vs candidates ranked"),
 }
 

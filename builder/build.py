@@ -30,6 +30,7 @@ import numpy as np
 
 from artifacts import layout
 from artifacts.bundle import Vocab, open_bundle, open_staging, write_vocab
+from artifacts.drift import write_reference
 from artifacts.featurespec import FEATURE_NAMES, FEATURES, check_spec
 from artifacts.idmap import encode_ids
 from artifacts.manifest import FeatureEntry, Manifest
@@ -37,6 +38,7 @@ from artifacts.publish import finalize, inventory, save_array, set_current, stag
 from artifacts.ranker import CompiledRanker
 from builder import gate
 from builder.config import BuildConfig
+from builder.drift import drift_reference
 from builder.index import build_index
 from builder.ingest import load_store
 from builder.metrics import grouped_metrics
@@ -220,6 +222,8 @@ def build_store(
         )
         compiled = CompiledRanker(staging / layout.RANKER_LIB, n_features=len(FEATURE_NAMES))
         scores = compiled.predict(data.X["valid"])
+        # The drift monitor's reference: feature and raw-score histograms (builder/drift.py says which rows).
+        write_reference(staging / layout.DRIFT_REFERENCE, drift_reference(data, scores))
         retrieval_order = -np.concatenate([np.arange(g, dtype=np.float32) for g in data.groups["valid"]])
         evaluation = {f"ranker_{k}": v for k, v in grouped_metrics(scores, data.y["valid"], data.groups["valid"]).items()}
         evaluation |= {f"retrieval_{k}": v for k, v in grouped_metrics(retrieval_order, data.y["valid"], data.groups["valid"]).items()}

@@ -21,7 +21,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.scale not in SCALES:
         print(f"aisle synth: unknown scale {args.scale!r}; choose from {', '.join(SCALES)}", file=sys.stderr)
         return EXIT_USAGE
-    s = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite)
+    end = None
+    if args.end is not None:
+        import time
+        from datetime import datetime, timezone
+
+        try:
+            end = int(time.time()) if args.end == "now" else int(datetime.fromisoformat(args.end).replace(tzinfo=timezone.utc).timestamp())
+        except ValueError:
+            print(f"aisle synth: --end must be 'now' or a date such as 2026-06-01; got {args.end!r}", file=sys.stderr)
+            return EXIT_USAGE
+    s = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite, end=end)
     by_type = ", ".join(f"{name} {count:,}" for name, count in s.events_by_type.items())
     print(f"{s.out}: '{s.scale}' store, seed {s.seed}: {s.items:,} items, {s.users:,} shoppers, {s.sessions:,} sessions, "
           f"{s.events:,} events ({by_type}) in {s.elapsed_s:.1f}s; hidden tastes in {s.truth_dir}")
@@ -182,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing store in --out")
+    s.add_argument("--end", help="the day the event log ends: 'now' (a store `aisle simulate` continues) or YYYY-MM-DD "
+                                 "(default: 2026-06-01, so a (scale, seed) store is the same everywhere)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("import", help="convert a public dataset to the canonical schema")
@@ -271,6 +283,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
     s.add_argument("--once", action="store_true", help="show the slates, then stop the server and exit")
     s.set_defaults(func=_cmd_demo)
+
+    from builder.experiments.cli import add_parser as add_analyze
+    from builder.simulator.cli import add_parser as add_simulate
+
+    add_analyze(sub)
+    add_simulate(sub)
     return p
 
 

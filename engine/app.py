@@ -1,19 +1,28 @@
 """The ASGI application Granian runs in every worker process.
 
-Plain ASGI (no framework): six routes, msgspec bodies, one place that maps errors to responses.
+Plain ASGI (no framework): seven routes, msgspec bodies, one place that maps errors to responses.
 Startup (the lifespan event) opens `<bundles>/current`, loads what it can (the degradation ladder
 starts at load), compiles and warms every kernel, and only then reports ready. Requests are CPU
 work of a few milliseconds and run inline on the worker's event loop: one request at a time per
 worker, one worker per core.
+
+After a recommendation's answer is sent, its slate is queued for the event log (impressions for
+experiment analysis); the answer never waits for it. Besides the bundle watcher, each worker runs
+a small bookkeeping loop (`Engine.keep_figures`): it copies the event log's per-process slate
+counts and its drift window's PSI into the shared metrics, and keeps a minute of merged totals
+for the rates on `/status`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -26,11 +35,14 @@ from artifacts.featurespec import SOURCE_NAMES
 from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
 from engine.eventlog import EventLog, EventLogError
 from engine.inventory.state import ItemState, StateError, Status, state_path
-from engine.metrics import STATUSES, Metrics
+from engine.context import RequestContext
+from engine.metrics import CONTENT_TYPE, DRIFT_FEATURES, STATUSES, UNASSIGNED, Metrics, Totals, families_for, inventory_families
 from engine.openapi import openapi_document
-from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery
+from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery, RecommendResponse
 from engine.service import Recommender, decode_body, decode_query
 from engine.settings import Settings, from_environment
+from engine.slates import served_slate
+from engine.status import BundleFacts, EventLogFacts, StatusInputs, render_status
 
 log = logging.getLogger("aisle.engine")
 
@@ -39,8 +51,32 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-TEXT_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+TEXT_HEADERS = [(b"content-type", CONTENT_TYPE.encode())]
+# The status page loads nothing from anywhere (inline CSS only), and says so to the browser.
+HTML_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; img-src data:"),
+]
 STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank")
+
+# Bookkeeping cadence (Engine.keep_figures): slate counts are copied every tick; merged totals are
+# sampled for the status page's one-minute rates; the drift window's PSI is recomputed now and then
+# (it is cheap, but not free, and it runs on the event loop between requests).
+TICK_S = 1.0
+SAMPLE_EVERY_S = 5.0
+RATE_WINDOW_S = 60.0
+DRIFT_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class Served:
+    """A recommendation answered with 200: what logging its slate needs once the answer is out."""
+
+    query: RecommendQuery
+    response: RecommendResponse
+    ctx: RequestContext
+    recommender: Recommender
 
 
 class Engine:
@@ -55,6 +91,13 @@ class Engine:
         self.loaded_at = 0.0
         self.root: str | None = None  # resolved directory of the bundle being served
         self.refused: str | None = None  # a `current` target that failed to open: not retried
+        # The event log counts this process's slates itself; what was already copied to metrics:
+        self._slates_copied = (0, 0)  # (logged, dropped)
+        self.slate_failures = 0  # slates that could not be built or queued (logged now and then)
+        # Merged totals every SAMPLE_EVERY_S over the last RATE_WINDOW_S (oldest first): any
+        # worker can then answer /status with rates over the last minute.
+        self.samples: collections.deque[Totals] = collections.deque()
+        self._drift_at = 0.0
 
     def start(self) -> None:
         if self.settings is None:
@@ -62,8 +105,11 @@ class Engine:
         s = self.settings
         state = Path(s.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.metrics = Metrics.open(state / "metrics.bin")
-        self.events = EventLog(state, half_life_s=s.events.half_life_s, recent_limit=s.events.recent_limit)
+        # The catalogue takes the experiment arms from the settings; every worker has the same.
+        self.metrics = Metrics.open(state / "metrics.bin", families_for(s))
+        self.events = EventLog(
+            state, half_life_s=s.events.half_life_s, recent_limit=s.events.recent_limit, slate_queue_limit=s.events.slate_queue_limit
+        )
         target = self.current_target()
         try:
             recommender = self.load(target, s.verify_on_open)
@@ -150,19 +196,99 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.inc("aisle_bundle_swaps_total", outcome="swapped")
 
+    # -- figures -----------------------------------------------------------------------------
+    async def keep_figures(self) -> None:
+        """Every TICK_S: this worker's slate counts into the shared metrics; every SAMPLE_EVERY_S a
+        sample of the merged totals; every DRIFT_EVERY_S the drift gauges. Never raises."""
+        next_sample = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                self.copy_slate_counts()
+                if now >= next_sample:
+                    next_sample = now + SAMPLE_EVERY_S
+                    self.sample_totals()
+                if now - self._drift_at >= DRIFT_EVERY_S:
+                    self.publish_drift()
+            except Exception:  # bookkeeping must never take the worker down
+                log.exception("worker %d: updating metrics failed", os.getpid())
+            await asyncio.sleep(TICK_S)
+
+    def copy_slate_counts(self) -> None:
+        """Add what this process's event log logged and dropped since the last copy (the counters
+        stay monotonic when a restarted worker takes over a dead one's slot)."""
+        m, events = self.metrics, self.events
+        if m is None or events is None:
+            return
+        logged, dropped = events.slates_logged, events.slates_dropped
+        seen_logged, seen_dropped = self._slates_copied
+        if logged > seen_logged:
+            m.inc("aisle_slates_logged_total", float(logged - seen_logged))
+        if dropped > seen_dropped:
+            m.inc("aisle_slates_dropped_total", float(dropped - seen_dropped))
+        self._slates_copied = (logged, dropped)
+        m.set("aisle_slates_queued", float(events.slates_queued))
+
+    def sample_totals(self) -> Totals | None:
+        if self.metrics is None:
+            return None
+        totals = self.metrics.totals()
+        self.samples.append(totals)
+        while len(self.samples) > 1 and totals.taken_at - self.samples[1].taken_at >= RATE_WINDOW_S:
+            self.samples.popleft()  # keep exactly one sample at least RATE_WINDOW_S old
+        return totals
+
+    def publish_drift(self) -> None:
+        """This worker's drift window as gauges (NaN where there is no figure: no reference, too
+        few rows, a feature not monitored)."""
+        m = self.metrics
+        if m is None:
+            return
+        self._drift_at = time.monotonic()
+        rec = self.recommender
+        report = rec.drift.report() if rec is not None and rec.drift is not None else None
+        nan = math.nan
+        for feature in DRIFT_FEATURES:
+            m.set("aisle_feature_psi", report.psi.get(feature, nan) if report else nan, feature=feature)
+        m.set("aisle_ranker_score_psi", _number(report.score_psi) if report else nan)
+        m.set("aisle_ranker_score_mean", _number(report.mean_score) if report else nan)
+        m.set("aisle_ranker_score_reference_mean", _number(report.reference_mean_score) if report else nan)
+        m.set("aisle_drift_sampled_rows", float(report.rows) if report else nan)
+        m.set("aisle_drifted_features", float(len(report.drifted)) if report and report.rows else nan)
+
+    def degraded(self) -> list[tuple[str, str]]:
+        """(part, why) for every part the served bundle runs without."""
+        rec = self.recommender
+        if rec is None:
+            return []
+        r = rec.load_report
+        parts = [(part, why) for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+        if self.settings is not None and self.settings.inventory.enabled and rec.view.inventory is None:
+            parts.append(("live inventory", "no synced item state: serving the bundle's stock flags"))
+        return parts
+
+    def publish_bundle(self) -> None:
+        m, rec = self.metrics, self.recommender
+        if m is not None and rec is not None:
+            m.set("aisle_bundle_loaded_timestamp_seconds", self.loaded_at)
+            m.set("aisle_bundle_age_seconds", max(0.0, time.time() - rec.end_ts))
+
 
 class App:
     def __init__(self, settings: Settings | None = None) -> None:
         self.engine = Engine(settings)
         self._started = False
         self._watcher: asyncio.Task[None] | None = None
+        self._figures: asyncio.Task[None] | None = None
 
     def _ensure_started(self) -> None:
         # Granian runs the lifespan protocol; a server that does not gets the same start lazily.
         if not self._started:
             self._started = True
             self.engine.start()
-            self._watcher = asyncio.get_running_loop().create_task(self.engine.watch())
+            loop = asyncio.get_running_loop()
+            self._watcher = loop.create_task(self.engine.watch())
+            self._figures = loop.create_task(self.engine.keep_figures())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -184,10 +310,12 @@ class App:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._watcher is not None:
-                    self._watcher.cancel()
+                for task in (self._watcher, self._figures):
+                    if task is not None:
+                        task.cancel()
                 if self.engine.events is not None:
                     await self.engine.events.aclose()
+                    self.engine.copy_slate_counts()  # the last commit's slates
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -195,12 +323,14 @@ class App:
         path, method = scope["path"], scope["method"]
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
-        surface, fallback = "other", "none"
+        query: RecommendQuery | None = None
+        served: Served | None = None
         try:
             if path == "/v1/recommendations":
                 _allow(method, "GET", "POST")
                 query = await self._query(scope, receive, method)
-                status, body, headers, surface, fallback = self._recommend(query, request_id)
+                served = self._recommend(query, request_id)
+                status, body, headers = 200, JSON.encode(served.response), JSON_HEADERS
             elif path == "/v1/events":
                 _allow(method, "POST")
                 status, body, headers = await self._events(scope, receive)
@@ -213,6 +343,9 @@ class App:
             elif path == "/metrics":
                 _allow(method, "GET")
                 status, body, headers = self._metrics_text()
+            elif path == "/status":
+                _allow(method, "GET")
+                status, body, headers = self._status_page()
             elif path == "/openapi.json":
                 _allow(method, "GET")
                 status, body, headers = 200, openapi_document(), JSON_HEADERS
@@ -224,14 +357,47 @@ class App:
                 headers.append((b"retry-after", str(exc.retry_after).encode()))
         except Exception:  # never a traceback on the wire; the log has it
             log.exception("worker %d: unhandled error on %s %s", os.getpid(), method, path)
+            served = None  # whatever was served did not go out
             status, body, headers = 500, JSON.encode(ErrorBody("internal", "internal error; the request id is in the server log")), JSON_HEADERS
         headers = [*headers, (b"x-request-id", request_id.encode())]
+        # Counted before the answer goes out, so a client that has its answer sees it counted.
+        self._count(path, status, query, served, started)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if self.engine.metrics is not None and path == "/v1/recommendations":
-            m = self.engine.metrics
-            m.inc("aisle_requests_total", surface=surface, status=str(status) if str(status) in STATUSES else "500", fallback=fallback)
-            m.observe("aisle_request_seconds", time.perf_counter() - started, surface=surface)
+        if served is not None:
+            self._log_slate(served)
+
+    def _count(self, path: str, status: int, query: RecommendQuery | None, served: Served | None, started: float) -> None:
+        m = self.engine.metrics
+        if m is None:
+            return
+        if path == "/v1/recommendations":
+            elapsed = time.perf_counter() - started
+            if served is not None:
+                surface, fallback, variant = served.query.surface, served.response.fallback or "none", served.response.variant
+            else:  # refused: before decoding no surface is known; no arm either way
+                surface, fallback, variant = query.surface if query is not None else "other", "none", UNASSIGNED
+            m.inc("aisle_requests_total", surface=surface, status=str(status) if str(status) in STATUSES else "500", fallback=fallback, variant=variant)
+            m.observe("aisle_request_seconds", elapsed, surface=surface)
+            m.observe("aisle_variant_request_seconds", elapsed, variant=variant)
+        elif path == "/v1/events":
+            m.inc("aisle_event_batches_total", outcome="stored" if status == 202 else "unavailable" if status >= 500 else "refused")
+
+    def _log_slate(self, served: Served) -> None:
+        """Queue the served slate for the event log. Never raises into the request: a failure is
+        counted (aisle_slates_failed_total) and logged now and then."""
+        settings, events = self.engine.settings, self.engine.events
+        if settings is None or not settings.events.log_slates or events is None:
+            return
+        try:
+            events.log_slate(served_slate(served.query, served.response, served.ctx, served.recommender))
+        except Exception:
+            engine = self.engine
+            if engine.metrics is not None:
+                engine.metrics.inc("aisle_slates_failed_total")
+            if engine.slate_failures % 1000 == 0:  # the first, then one in a thousand
+                log.exception("worker %d: could not log a served slate (%d so far)", os.getpid(), engine.slate_failures + 1)
+            engine.slate_failures += 1
 
     # -- routes ----------------------------------------------------------------------------------
     def _recommender(self) -> Recommender:
@@ -250,7 +416,7 @@ class App:
             raise UnsupportedMediaType(f"POST the query as application/json, not {content_type or 'no content type'}")
         return decode_body(await _read_body(scope, receive, rec.settings.limits.max_body_bytes), rec.settings)
 
-    def _recommend(self, query: RecommendQuery, request_id: str) -> tuple[int, bytes, list, str, str]:
+    def _recommend(self, query: RecommendQuery, request_id: str) -> Served:
         rec = self._recommender()
         response, ctx = rec.run(query, request_id=request_id)
         m = self.engine.metrics
@@ -260,6 +426,8 @@ class App:
                     m.observe("aisle_stage_seconds", ctx.timings[stage], stage=stage)
             if len(response.items) < ctx.count:
                 m.inc("aisle_short_responses_total", surface=query.surface)
+                if not response.items:
+                    m.inc("aisle_empty_responses_total", surface=query.surface)
             for item in response.items:
                 m.inc("aisle_candidates_served_total", source=item.source)
             if ctx.candidates is not None:
@@ -268,7 +436,7 @@ class App:
                     m.inc("aisle_candidates_total", float(per_source[source_id]), source=SOURCE_NAMES[source_id])
             if ctx.filtered:
                 m.inc("aisle_filtered_total", float(ctx.filtered), filter="out_of_stock_or_blocked_or_excluded")
-        return 200, JSON.encode(response), JSON_HEADERS, query.surface, ctx.fallback or "none"
+        return Served(query, response, ctx, rec)
 
     async def _events(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
         """202 only once the batch is fsynced (group commit across concurrent requests); a batch
@@ -304,10 +472,7 @@ class App:
         rec = self.engine.recommender
         if rec is None:
             return 503, JSON.encode(Health("not_ready", None, os.getpid(), self.engine.problem)), [*JSON_HEADERS, (b"retry-after", b"5")]
-        r = rec.load_report
-        degraded = [part for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
-        if self.engine.settings is not None and self.engine.settings.inventory.enabled and rec.view.inventory is None:
-            degraded.append("live inventory")
+        degraded = [part for part, _ in self.engine.degraded()]
         detail = ("degraded: " + ", ".join(degraded) + " unavailable") if degraded else ""
         return 200, JSON.encode(Health("ready", rec.build_id, os.getpid(), detail)), JSON_HEADERS
 
@@ -315,11 +480,65 @@ class App:
         m = self.engine.metrics
         if m is None:
             raise NotReady("metrics are not initialised yet", retry_after=1)
-        rec = self.engine.recommender
+        engine, rec = self.engine, self.engine.recommender
+        engine.publish_bundle()
+        engine.copy_slate_counts()
+        engine.publish_drift()  # this worker's figures are current; the others' at most DRIFT_EVERY_S old
+        inventory = rec.view.inventory if rec is not None else None
+        computed = inventory_families(inventory.stats(), time.time()) if inventory is not None else []
+        return 200, m.render(bundle_id=rec.build_id if rec else None, computed=computed).encode(), TEXT_HEADERS
+
+    def _status_page(self) -> tuple[int, bytes, list]:
+        engine = self.engine
+        m, settings = engine.metrics, engine.settings
+        if m is None or settings is None:
+            raise NotReady("metrics are not initialised yet", retry_after=1)
+        engine.publish_bundle()
+        engine.copy_slate_counts()
+        engine.publish_drift()
+        totals = m.totals()
+        # The oldest sample kept, up to RATE_WINDOW_S old; none at all for the first second.
+        earlier = engine.samples[0] if engine.samples and totals.taken_at - engine.samples[0].taken_at >= 1.0 else None
+        rec = engine.recommender
+        bundle = None
+        drift = None
+        inventory = None
         if rec is not None:
-            m.set("aisle_bundle_loaded_timestamp_seconds", self.engine.loaded_at)
-            m.set("aisle_bundle_age_seconds", max(0.0, time.time() - rec.end_ts))
-        return 200, m.render(bundle_id=rec.build_id if rec else None).encode(), TEXT_HEADERS
+            manifest = rec.bundle.manifest
+            bundle = BundleFacts(
+                build_id=rec.build_id,
+                created_at=manifest.created_at if manifest else "",
+                data_end_ts=float(rec.end_ts),
+                loaded_at=engine.loaded_at,
+                degraded=engine.degraded(),
+                drift_off=rec.load_report.drift,
+            )
+            drift = rec.drift.report() if rec.drift is not None else None
+            inventory = rec.view.inventory.stats() if rec.view.inventory is not None else None
+        events = engine.events
+        log_facts = None
+        if events is not None:
+            log_facts = EventLogFacts(last_seq=events.last_seq(), last_slate_seq=events.last_slate_seq(), queued=events.slates_queued)
+        page = render_status(
+            StatusInputs(
+                now=totals.taken_at,
+                pid=os.getpid(),
+                settings=settings,
+                totals=totals,
+                window=totals.since(earlier) if earlier is not None else None,
+                window_s=totals.taken_at - earlier.taken_at if earlier is not None else 0.0,
+                bundle=bundle,
+                problem=engine.problem,
+                inventory=inventory,
+                events=log_facts,
+                drift=drift,
+            )
+        )
+        return 200, page, HTML_HEADERS
+
+
+def _number(x: float | None) -> float:
+    return math.nan if x is None else float(x)
 
 
 def _allow(method: str, *allowed: str) -> None:

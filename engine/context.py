@@ -53,6 +53,9 @@ class RequestContext:
     given: np.ndarray | None = None  # int32 rows to rank instead of retrieving (re-ranking request)
     unranked: list[str] = field(default_factory=list)  # given SKUs the bundle does not know
     variant: str = "default"  # experiment arm: "default", "holdout" or "experiment:variant"
+    relevance: np.ndarray | None = None  # float32 [n] the ranker's raw scores (margin), None when it did not run
+    unit: str = ""  # the assignment unit: user id, else session id, else ""
+    arm_share: float = 1.0  # the arm's expected share of its experiment's units (1.0 outside one)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1e3 if self.started else 0.0

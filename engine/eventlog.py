@@ -16,6 +16,11 @@ One `append` call (or one group of `append_async` calls) is ONE write transactio
 * commits, which fsyncs. Only then do callers learn the result, so a 202 sent after it can never
   be lost by a process crash, a SIGKILL or (with honest disks) a power cut.
 
+Served slates (`log_slate`, impressions for experiment analysis) ride the same group commit: the
+committer writes the slates queued since its last transaction together with the next group of
+events, so they cost no fsync of their own while events flow. They are best effort: the answer
+never waits for them, and a full queue or a failed write drops them (counted), never an event.
+
 Databases (keys and values are a file format; docs/event-log.md holds the evolution rules):
 
 | db              | key                                        | value                                          |
@@ -25,6 +30,10 @@ Databases (keys and values are a file format; docs/event-log.md holds the evolut
 | `ids`           | event_id UTF-8 (> 256 bytes: 0xFF + blake2b-256) | seq, u64 big-endian                      |
 | `item_counters` | SKU UTF-8                                  | f64 little-endian × 6: last_ts, then COUNTERS   |
 | `recent`        | user_id UTF-8                              | msgpack array of `RecentItem` arrays, oldest first |
+| `slates`        | slate seq, u64 big-endian (own sequence)   | msgpack array of `ServedSlate`                 |
+
+`meta` also holds `next_slate_seq` (u64 big-endian), written by the first slate commit: a log made
+before slates existed has neither it nor the `slates` database, and gets both when first written.
 
 Every opener must use the same `map_size` (STACK-NOTES pitfall 4); `MAP_SIZE` is that value.
 Open the log in each worker process after it has started (an LMDB environment must not cross a
@@ -43,7 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import lmdb
 import msgspec
@@ -65,6 +74,22 @@ GROUP_EVENTS = 20_000
 # Rows of one read transaction in `iter_events`: a long-lived reader pins pages and makes the
 # file grow under concurrent writers, so a long scan is cut into short transactions.
 SCAN_CHUNK = 4096
+# Named databases: meta, events, ids, item_counters, recent, slates. `slates` came after format 1
+# and is additive (an older engine opens the environment with 5 and never looks at it).
+MAX_DBS = 6
+# Served slates waiting for a commit, by default (the app passes events.slate_queue_limit). Beyond
+# it new slates are dropped and counted: the log's writer is behind, and answers must not wait.
+SLATE_QUEUE_LIMIT = 20_000
+# At most this many slates per transaction, so a backlog never makes one group of events wait
+# behind a very large write (a 20-item slate is about 1.7 KB).
+GROUP_SLATES = 4096
+# With slates queued and no events, the committer waits this long for events (or more slates) to
+# share the transaction: one fsync per linger instead of one per request. Events end the wait.
+SLATE_LINGER_S = 0.01
+# Slates are written only while the file uses less than this share of the map: the rest is kept
+# for events, so slates (≈ 1.7 KB per 20-item page, several times an event's size) can never be
+# what fills the map and turns event appends into 503s.
+SLATE_MAP_SHARE = 0.9
 
 # Validation bounds: the canonical schema's (artifacts.schema, builder.ingest.validate), so every
 # logged event is one the builder accepts, plus bounds on free text to keep records small.
@@ -150,6 +175,40 @@ class StoredEvent(msgspec.Struct, array_like=True, frozen=True):
         return SURFACE_NAMES[self.surface]
 
 
+class ServedSlate(msgspec.Struct, array_like=True, frozen=True):
+    """One served slate (an impression record), encoded as a msgpack array in field order
+    (format 1 of the `slates` database; docs/event-log.md).
+
+    Evolution as for `StoredEvent`: a new field gets a default and goes last; a field is never
+    removed, reordered or retyped. The per-item lists are parallel: index i is slot i of the page,
+    overall position `offset + i`.
+    """
+
+    request_id: str
+    ts: float  # epoch seconds, server clock, when the request arrived
+    unit: str  # the assignment unit: user_id, else session_id, else ""
+    user_id: str  # "" for anonymous
+    session_id: str  # "" when none
+    surface: int  # index into artifacts.schema.SURFACE_NAMES
+    variant: str  # "default", "holdout" or "experiment:variant"
+    arm_share: float  # expected share of the experiment's units in this arm (weight/Σweights); 1.0 for default/holdout
+    bundle: str  # build id
+    skus: list[str]  # served items in slot order
+    scores: list[float]
+    sources: list[str]  # per item: the source shown in the answer ("ann", "covisit", "popular", "new", …)
+    prices: list[float]  # per item: effective price at serve time (live if the inventory feed is on), 0.0 unknown
+    categories: list[str]  # per item: leaf category path, "" unknown
+    count: int  # items asked for
+    offset: int  # cursor offset of this page
+    anchors: list[str]  # pdp item / cart SKUs
+    fallback: str  # "" = full pipeline, else the degradation step
+    took_ms: float  # engine time
+
+    @property
+    def surface_name(self) -> str:
+        return SURFACE_NAMES[self.surface]
+
+
 class RecentItem(msgspec.Struct, array_like=True, frozen=True):
     """One interaction in a shopper's ring: (sku, EventType code, ts)."""
 
@@ -177,9 +236,11 @@ class AppendResult:
         )
 
 
+T = TypeVar("T")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(StoredEvent).decode
 _decode_ring = msgspec.msgpack.Decoder(list[RecentItem]).decode
+_decode_slate = msgspec.msgpack.Decoder(ServedSlate).decode
 _SEQ = struct.Struct(">Q")
 _F64 = struct.Struct("<d")
 _COUNTER = struct.Struct("<" + "d" * (1 + len(COUNTERS)))
@@ -221,7 +282,8 @@ class EventLog:
     `half_life_s` is fixed when the log is created (None: the stored value, or
     `DEFAULT_HALF_LIFE_S` for a new log); passing a different value for an existing log raises,
     because counters decayed at one rate cannot be read at another. `readonly=True` opens an
-    existing log for reading only (the builder's exporter).
+    existing log for reading only (the builder's exporter). `slate_queue_limit` bounds the served
+    slates waiting for a commit (`log_slate`).
     """
 
     def __init__(
@@ -232,15 +294,19 @@ class EventLog:
         half_life_s: float | None = None,
         recent_limit: int = RECENT_LIMIT,
         readonly: bool = False,
+        slate_queue_limit: int = SLATE_QUEUE_LIMIT,
     ) -> None:
         if half_life_s is not None and not (math.isfinite(half_life_s) and half_life_s > 0):
             raise ValueError(f"half_life_s must be a positive number of seconds; got {half_life_s}")
         if recent_limit < 1:
             raise ValueError(f"recent_limit must be ≥ 1; got {recent_limit}")
+        if slate_queue_limit < 1:
+            raise ValueError(f"slate_queue_limit must be ≥ 1; got {slate_queue_limit}")
         state_dir = Path(state_dir)
         self.path = state_dir / FILE_NAME
         self.recent_limit = recent_limit
         self.readonly = readonly
+        self.slate_queue_limit = slate_queue_limit
         if readonly:
             if not self.path.is_file():
                 raise EventLogError(f"{self.path}: expected an event log here; got no such file (has any worker run?)")
@@ -252,7 +318,7 @@ class EventLog:
                 str(self.path),
                 subdir=False,
                 map_size=map_size,
-                max_dbs=5,
+                max_dbs=MAX_DBS,
                 lock=True,
                 sync=True,
                 metasync=True,
@@ -274,7 +340,11 @@ class EventLog:
                 self._recent = self._env.open_db(b"recent", create=create)
             except lmdb.NotFoundError as exc:
                 raise EventLogFormatError(f"{self.path}: expected the event log's databases; got an LMDB file without them") from exc
+            # A log made before slates existed has no `slates` database: a writer adds it here, a
+            # read-only opener reads no slates until some writer has (see `_slates_db`).
+            self._slate_db: lmdb._Database | None = self._env.open_db(b"slates", create=True) if create else None
             self.half_life_s = self._check_format(half_life_s)
+            self._page_size = int(self._env.stat()["psize"])
         except BaseException:
             self._env.close()
             raise
@@ -285,7 +355,12 @@ class EventLog:
         self._committer: asyncio.Task[None] | None = None
         self._pending: collections.deque[tuple[list[EventLike], float | None, asyncio.Future[AppendResult]]] = collections.deque()
         self._wakeup: asyncio.Event | None = None
+        self._events_waiting: asyncio.Event | None = None  # ends a slates-only linger
         self._stopping = False
+        # Served slates waiting for the next commit (appended and taken on the event loop only).
+        self._slate_queue: collections.deque[ServedSlate] = collections.deque()
+        self._slates_logged = 0
+        self._slates_dropped = 0
 
     # ---- format -----------------------------------------------------------------------------
 
@@ -329,6 +404,22 @@ class EventLog:
         """Write transactions committed through this object (group commit makes it < calls)."""
         return self._commits
 
+    @property
+    def slates_logged(self) -> int:
+        """Served slates this object has committed (`log_slate` and `append_slates`)."""
+        return self._slates_logged
+
+    @property
+    def slates_dropped(self) -> int:
+        """Served slates this process dropped: queue full, log closing or read-only, a slate that
+        cannot be encoded, or a transaction that could not write them."""
+        return self._slates_dropped
+
+    @property
+    def slates_queued(self) -> int:
+        """Served slates waiting for the next commit."""
+        return len(self._slate_queue)
+
     def append(self, events: Sequence[EventLike], now: float | None = None) -> AppendResult:
         """Log a batch in one fsynced transaction; returns only once it is durable.
 
@@ -338,7 +429,7 @@ class EventLog:
         """
         if not events:
             return AppendResult()
-        return self._commit([(list(events), now)])[0]
+        return self._commit([(list(events), now)])[0][0]
 
     async def append_async(self, events: Sequence[EventLike], now: float | None = None) -> AppendResult:
         """`append` for asyncio callers, with group commit: the calls made while a commit is in
@@ -353,7 +444,46 @@ class EventLog:
         future: asyncio.Future[AppendResult] = loop.create_future()
         self._pending.append((list(events), now, future))
         self._wakeup.set()  # type: ignore[union-attr]
+        self._events_waiting.set()  # type: ignore[union-attr]
         return await future
+
+    def log_slate(self, slate: ServedSlate) -> bool:
+        """Queue a served slate for the next group commit and return at once (call it on the event
+        loop, after the answer is sent). The committer writes it in the transaction of the next
+        group of events, or in one of its own after `SLATE_LINGER_S` when no events come.
+
+        False: dropped and counted in `slates_dropped` (the queue holds `slate_queue_limit`
+        slates, or the log is closing or read-only). A slate whose write fails later is dropped
+        and counted too; nothing about a slate ever raises here or fails an event append.
+        """
+        if type(slate) is not ServedSlate or self._stopping or self.readonly or len(self._slate_queue) >= self.slate_queue_limit:
+            self._drop_slates(1)
+            return False
+        self._ensure_committer(asyncio.get_running_loop())
+        self._slate_queue.append(slate)
+        self._wakeup.set()  # type: ignore[union-attr]
+        return True
+
+    def append_slates(self, slates: Sequence[ServedSlate]) -> int:
+        """Log slates in one fsynced transaction (tools and tests; the server uses `log_slate`).
+        Returns the first one's slate seq (the rest follow it), 0 for none. Raises ValueError for
+        a record that is not a well-formed `ServedSlate`, `EventLogFull` or `EventLogError` with
+        nothing written."""
+        if self.readonly:
+            raise EventLogError(f"{self.path}: opened read-only; cannot append")
+        encoded = []
+        for index, slate in enumerate(slates):
+            value = _encode_slate(slate)
+            if value is None:
+                raise ValueError(f"slate {index} is not a well-formed ServedSlate (see engine.eventlog.ServedSlate): {slate!r:.200}")
+            encoded.append(value)
+        if not encoded:
+            return 0
+        return self._commit([], encoded)[1]
+
+    def _drop_slates(self, n: int) -> None:
+        with self._count_lock:
+            self._slates_dropped += n
 
     def _ensure_committer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._stopping:
@@ -361,23 +491,31 @@ class EventLog:
         if self._loop is loop and self._committer is not None and not self._committer.done():
             return
         # A new loop (the old one closed): calls queued on the old one can no longer be answered.
-        self._loop, self._wakeup, self._pending = loop, asyncio.Event(), collections.deque()
-        self._committer = loop.create_task(self._run_committer(self._wakeup), name="eventlog-committer")
+        # Queued slates have no caller waiting and stay queued for the new committer.
+        self._loop, self._wakeup, self._events_waiting, self._pending = loop, asyncio.Event(), asyncio.Event(), collections.deque()
+        self._committer = loop.create_task(self._run_committer(loop, self._wakeup, self._events_waiting), name="eventlog-committer")
 
-    async def _run_committer(self, wakeup: asyncio.Event) -> None:
+    async def _run_committer(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event, events_waiting: asyncio.Event) -> None:
         while True:
-            if not self._pending:
+            if not self._pending and not self._slate_queue:
                 if self._stopping:
                     return
                 await wakeup.wait()
                 wakeup.clear()
                 continue
+            if not self._pending and len(self._slate_queue) < GROUP_SLATES and not self._stopping:
+                # Only slates wait: let events (which end the wait) or more slates share the fsync.
+                events_waiting.clear()
+                timer = loop.call_later(SLATE_LINGER_S, events_waiting.set)
+                await events_waiting.wait()
+                timer.cancel()
             group, size = [], 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_EVENTS):
                 item = self._pending.popleft()
                 group.append(item)
                 size += len(item[0])
-            outcomes = await asyncio.to_thread(self._commit_each, [(events, now) for events, now, _ in group])
+            slates = [self._slate_queue.popleft() for _ in range(min(len(self._slate_queue), GROUP_SLATES))]
+            outcomes = await asyncio.to_thread(self._commit_group, [(events, now) for events, now, _ in group], slates)
             for (_, _, future), outcome in zip(group, outcomes, strict=True):
                 if future.done():  # the caller went away (client disconnect); its events are logged
                     continue
@@ -386,38 +524,72 @@ class EventLog:
                 else:
                     future.set_result(outcome)
 
+    def _commit_group(self, calls: list[tuple[list[EventLike], float | None]], slates: list[ServedSlate]) -> list[AppendResult | Exception]:
+        """Calls and slates in one transaction; each call's result or exception in call order.
+        Slates never fail an event: if the group fails, the calls are retried without them
+        (`_commit_each`), then the slates alone; slates that still cannot be written are dropped
+        and counted."""
+        encoded = []
+        for slate in slates:
+            value = _encode_slate(slate)
+            if value is None:
+                self._drop_slates(1)
+            else:
+                encoded.append(value)
+        if not encoded:
+            return self._commit_each(calls) if calls else []
+        if calls:
+            try:
+                return list(self._commit(calls, encoded)[0])
+            except Exception:
+                outcomes = self._commit_each(calls)
+        else:
+            outcomes = []
+        try:
+            self._commit([], encoded)
+        except Exception:
+            self._drop_slates(len(encoded))
+        return outcomes
+
     def _commit_each(self, calls: list[tuple[list[EventLike], float | None]]) -> list[AppendResult | Exception]:
         """One transaction for all calls, each call's result or exception in call order. If the
         group fails (a full map, a malformed record), each call is retried alone, so one call's
         failure is never another's."""
         try:
-            return list(self._commit(calls))
+            return list(self._commit(calls)[0])
         except Exception as exc:
             if len(calls) == 1:
                 return [exc]
         outcomes: list[AppendResult | Exception] = []
         for call in calls:
             try:
-                outcomes.append(self._commit([call])[0])
+                outcomes.append(self._commit([call])[0][0])
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
 
-    def _commit(self, calls: list[tuple[list[EventLike], float | None]]) -> list[AppendResult]:
+    def _commit(self, calls: list[tuple[list[EventLike], float | None]], slates: Sequence[bytes] = ()) -> tuple[list[AppendResult], int]:
+        """One write transaction: the calls' events, then the encoded slates. → (each call's
+        result, the first slate's seq or 0)."""
         if self.readonly:
             raise EventLogError(f"{self.path}: opened read-only; cannot append")
+        if slates and self._map_share() > SLATE_MAP_SHARE:
+            raise EventLogFull(f"{self.path}: over {SLATE_MAP_SHARE:.0%} of the map is used; the rest is kept for events, so no slate is written")
+        first_slate = 0
         try:
             txn = self._env.begin(write=True)
             try:
-                results = self._write(txn, calls)
+                results = self._write(txn, calls) if calls else []
+                if slates:
+                    first_slate = self._write_slates(txn, slates)
             except BaseException:
                 txn.abort()
                 raise
-            if not any(r.accepted_ids for r in results):
+            if not slates and not any(r.accepted_ids for r in results):
                 # Nothing new: duplicates were found under the writer lock, so their originals'
                 # commits had finished (and were fsynced) before this transaction began.
                 txn.abort()
-                return results
+                return results, 0
             txn.commit()
         except lmdb.MapFullError as exc:
             raise EventLogFull(
@@ -428,7 +600,25 @@ class EventLog:
             raise EventLogError(f"{self.path}: could not make the batch durable: {exc}") from exc
         with self._count_lock:
             self._commits += 1
-        return results
+            self._slates_logged += len(slates)
+        return results, first_slate
+
+    def _map_share(self) -> float:
+        """The share of the map the file's pages reach (the high-water mark: LMDB reuses freed
+        pages below it, and nothing here frees any)."""
+        info = self._env.info()
+        return (info["last_pgno"] + 1) * self._page_size / info["map_size"]
+
+    def _write_slates(self, txn: lmdb.Transaction, encoded: Sequence[bytes]) -> int:
+        """Put encoded slates under the next slate seqs; → the first. `next_slate_seq` is created
+        here on first use, so a log made before slates existed needs no migration."""
+        raw = txn.get(b"next_slate_seq", db=self._meta)
+        first = _SEQ.unpack(raw)[0] if raw is not None else 1
+        for i, value in enumerate(encoded):
+            if not txn.put(_SEQ.pack(first + i), value, db=self._slate_db, append=True):
+                raise EventLogFormatError(f"{self.path}: the slates database holds keys past next_slate_seq {first}; corrupt meta record")
+        txn.put(b"next_slate_seq", _SEQ.pack(first + len(encoded)), db=self._meta)
+        return first
 
     def _write(self, txn: lmdb.Transaction, calls: list[tuple[list[EventLike], float | None]]) -> list[AppendResult]:
         next_seq = _SEQ.unpack(txn.get(b"next_seq", db=self._meta))[0]
@@ -504,20 +694,50 @@ class EventLog:
     def iter_events(self, since_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
         """(seq, event) for every event with seq > `since_seq`, in seq order (the commit order),
         up to the newest at the time each chunk is read."""
+        return self._scan(self._events, _decode_event, since_seq)
+
+    def last_slate_seq(self) -> int:
+        """The seq of the newest logged slate (0 for none). Slate seqs are 1, 2, …, last_slate_seq,
+        a sequence of their own (not the events')."""
+        with self._env.begin(db=self._meta) as txn:
+            raw = txn.get(b"next_slate_seq")
+        return 0 if raw is None else _SEQ.unpack(raw)[0] - 1
+
+    def iter_slates(self, since_seq: int = 0) -> Iterator[tuple[int, ServedSlate]]:
+        """(slate seq, slate) for every slate with seq > `since_seq`, in seq order (commit order),
+        up to the newest at the time each chunk is read; short read transactions as `iter_events`."""
+        db = self._slates_db()
+        if db is None:
+            return
+        yield from self._scan(db, _decode_slate, since_seq)
+
+    def _scan(self, db: lmdb._Database, decode: Callable[[bytes], T], since_seq: int) -> Iterator[tuple[int, T]]:
+        """(seq, record) of a seq-keyed database from `since_seq` + 1, SCAN_CHUNK rows per read
+        transaction (a long-lived reader would pin pages and make the file grow under writers)."""
         start = max(since_seq, 0) + 1
         while True:
-            chunk: list[tuple[int, StoredEvent]] = []
-            with self._env.begin(db=self._events, buffers=True) as txn:
+            chunk: list[tuple[int, T]] = []
+            with self._env.begin(db=db, buffers=True) as txn:
                 cursor = txn.cursor()
                 if cursor.set_range(_SEQ.pack(start)):
                     for key, value in cursor:
-                        chunk.append((_SEQ.unpack(key)[0], _decode_event(value)))
+                        chunk.append((_SEQ.unpack(key)[0], decode(value)))
                         if len(chunk) >= SCAN_CHUNK:
                             break
             yield from chunk
             if len(chunk) < SCAN_CHUNK:
                 return
             start = chunk[-1][0] + 1
+
+    def _slates_db(self) -> lmdb._Database | None:
+        """The `slates` handle; a read-only opener of a log that had none yet looks again (a
+        writer may have added it since)."""
+        if self._slate_db is None:
+            try:
+                self._slate_db = self._env.open_db(b"slates", create=False)
+            except lmdb.NotFoundError:
+                return None
+        return self._slate_db
 
     def seq_of(self, event_id: str) -> int | None:
         """The seq an event_id was logged under, or None."""
@@ -567,16 +787,26 @@ class EventLog:
     # ---- lifetime ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Let queued `append_async` calls commit, stop the committer, close the environment."""
+        """Let queued `append_async` calls and slates commit, stop the committer, close the
+        environment."""
         self._stopping = True
         task = self._committer
         if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
             self._wakeup.set()  # type: ignore[union-attr]
+            self._events_waiting.set()  # type: ignore[union-attr]
             await task
+        if self._slate_queue and not self.readonly:  # queued under an event loop that has ended
+            slates = list(self._slate_queue)
+            self._slate_queue.clear()
+            await asyncio.to_thread(self._commit_group, [], slates)
         self.close()
 
     def close(self) -> None:
+        """Close the environment now; slates still queued are dropped (counted). `aclose` writes them."""
         self._stopping = True
+        if self._slate_queue:
+            self._drop_slates(len(self._slate_queue))
+            self._slate_queue.clear()
         self._env.close()
 
     def __enter__(self) -> EventLog:
@@ -584,6 +814,20 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _encode_slate(slate: object) -> bytes | None:
+    """The record of a well-formed `ServedSlate`, else None. The record is decoded back because a
+    Struct does not check its field types when built: a value a reader would choke on (a numpy
+    scalar, a lone surrogate, a number where a string goes) must never reach the file."""
+    if type(slate) is not ServedSlate:
+        return None
+    try:
+        value = _encode(slate)
+        _decode_slate(value)
+    except Exception:  # anything that cannot make a readable record: the caller drops it
+        return None
+    return value
 
 
 def _id_key(event_id: str) -> bytes:

@@ -1,15 +1,18 @@
 """Experiment assignment: which variant of which experiment a shopper sees.
 
-Deterministic and stateless: a shopper's place is a hash of their user id, so every worker, every
-restart and the offline analysis agree without sharing anything. Two hashes:
+Deterministic and stateless: a shopper's place is a hash of their unit, so every worker, every
+restart and the offline analysis agree without sharing anything. The unit is the user id, else the
+session id (an anonymous shopper keeps one arm for the session), else there is none. Two hashes:
 
-- the traffic layer, hash("aisle-traffic", user): [0, holdout) is the holdout (never in an
+- the traffic layer, hash("aisle-traffic", unit): [0, holdout) is the holdout (never in an
   experiment, served the base settings); the next `traffic` of each experiment in turn is that
   experiment's, so experiments never overlap; the rest is served the base settings;
-- inside an experiment, hash(salt, user) picks the variant by weight, independent of the layer,
+- inside an experiment, hash(salt, unit) picks the variant by weight, independent of the layer,
   so changing one experiment's salt reshuffles its arms without moving anyone between experiments.
 
-Shoppers without a user id are not in any experiment (label "default").
+Requests with neither id are not in any experiment (label "default"). A shopper who signs in
+mid-session changes unit (session → user) and may change arm: analysis counts units, and the
+slate log records the unit of every request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class Assignment:
     label: str  # "default", "holdout" or "experiment:variant" (the response's `variant`)
     experiment: ExperimentSettings | None = None
     variant: VariantSettings | None = None
+    unit: str = ""  # what was hashed: the user id, else the session id, else ""
+    # The share of the experiment's units this arm expects (weight / Σ weights): what a
+    # sample-ratio check compares the observed split with. 1.0 outside an experiment.
+    arm_share: float = 1.0
 
 
 class Assigner:
@@ -42,26 +49,29 @@ class Assigner:
         self.holdout = settings.holdout
         self.experiments = list(settings.experiments)
 
-    def assign(self, user_id: str | None) -> Assignment:
-        if not user_id or (not self.experiments and self.holdout == 0):
-            return Assignment(DEFAULT)
-        u = unit(TRAFFIC_SALT, user_id)
+    def assign(self, user_id: str | None, session_id: str | None = None) -> Assignment:
+        """The arm of a request: by its user id, else its session id; "default" with neither."""
+        key = user_id or session_id or ""
+        if not key or (not self.experiments and self.holdout == 0):
+            return Assignment(DEFAULT, unit=key)
+        u = unit(TRAFFIC_SALT, key)
         if u < self.holdout:
-            return Assignment(HOLDOUT)
+            return Assignment(HOLDOUT, unit=key)
         edge = self.holdout
         for e in self.experiments:
             edge += e.traffic
             if u < edge:
-                return self._variant(e, user_id)
-        return Assignment(DEFAULT)
+                return self._variant(e, key)
+        return Assignment(DEFAULT, unit=key)
 
     @staticmethod
-    def _variant(e: ExperimentSettings, user_id: str) -> Assignment:
+    def _variant(e: ExperimentSettings, key: str) -> Assignment:
         total = sum(v.weight for v in e.variants)
-        x = unit(e.salt or e.name, user_id) * total
+        x = unit(e.salt or e.name, key) * total
+        chosen = e.variants[-1]  # also the arm at the very top of the range (rounding)
         for v in e.variants:
             x -= v.weight
             if x < 0:
-                return Assignment(f"{e.name}:{v.name}", e, v)
-        v = e.variants[-1]  # rounding at the very top of the range
-        return Assignment(f"{e.name}:{v.name}", e, v)
+                chosen = v
+                break
+        return Assignment(f"{e.name}:{chosen.name}", e, chosen, key, chosen.weight / total)

@@ -35,6 +35,16 @@ lock file serialises creating files, claiming slots and `render`'s liveness chec
 
 Aggregation at render time: counters and histograms are summed over every slot, live or dead.
 Gauges combine only the live slots (sum, max or min, as declared). Slots still unset are skipped.
+`Metrics.totals()` is that merged picture as numbers (`Totals`): `/metrics` renders it, and the
+status page reads its figures from it, so the two never disagree.
+
+The catalogue depends on the settings in one way: the `variant` label takes every experiment arm
+(`families_for(settings)`). Every worker gets the same settings, so they agree on the layout; new
+settings with other arms make another layout, and the file is recreated (counts start again).
+
+Some families are not stored here but computed when rendering (`COMPUTED`): the live workers, the
+bundle served, and the live inventory feed, whose figures are host-wide already (one subscriber
+writes them into the item state file) and must not be summed over workers.
 """
 
 from __future__ import annotations
@@ -52,11 +62,15 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
 import numpy as np
 
-from artifacts.featurespec import SOURCE_NAMES
+from artifacts.featurespec import FEATURE_NAMES, SOURCE_NAMES
+from engine.inventory.state import LAG_BOUNDS, InventoryStats, Status
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 MAGIC = b"AISLEMET"
 FORMAT_VERSION = 1
@@ -104,34 +118,98 @@ STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "encode
 SOURCES = (*SOURCE_NAMES, "backfill")
 FILTERS = ("out_of_stock_or_blocked_or_excluded", "request_filter")
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
+BATCH_OUTCOMES = ("stored", "refused", "unavailable")  # 202; 4xx (bad batch); 503 (the log could not store it)
 SWAP_OUTCOMES = ("swapped", "refused")
+# Experiment arms: "default" (no experiment), "holdout", one "experiment:variant" per arm of the
+# settings (see `variants_for`), and "none" for a request answered before it was assigned (an error).
+UNASSIGNED = "none"
+DRIFT_FEATURES = FEATURE_NAMES
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
-FAMILIES: tuple[Family, ...] = (
-    Family(
-        "aisle_requests_total",
-        "counter",
-        "Recommendation requests answered, by surface, HTTP status and the first degradation step taken.",
-        (Label("surface", SURFACES), Label("status", STATUSES), Label("fallback", FALLBACKS)),
-    ),
-    Family("aisle_request_seconds", "histogram", "Recommendation request latency inside the engine.", (Label("surface", SURFACES),), REQUEST_BUCKETS),
-    Family("aisle_stage_seconds", "histogram", "Time spent in each pipeline stage.", (Label("stage", STAGES),), STAGE_BUCKETS),
-    Family("aisle_candidates_total", "counter", "Candidates proposed, by source.", (Label("source", SOURCES),)),
-    Family("aisle_candidates_served_total", "counter", "Items served, by the source that proposed them.", (Label("source", SOURCES),)),
-    Family("aisle_filtered_total", "counter", "Candidates removed by filters.", (Label("filter", FILTERS),)),
-    Family("aisle_short_responses_total", "counter", "Responses with fewer items than asked for.", (Label("surface", SURFACES),)),
-    Family("aisle_events_total", "counter", "Shopper events received, by outcome.", (Label("outcome", EVENT_OUTCOMES),)),
-    Family("aisle_bundle_swaps_total", "counter", "Bundle hot swaps attempted by workers, by outcome.", (Label("outcome", SWAP_OUTCOMES),)),
-    Family("aisle_bundle_age_seconds", "gauge", "Age of the oldest bundle any live worker serves.", aggregate="max"),
-    Family("aisle_bundle_loaded_timestamp_seconds", "gauge", "Earliest time at which a live worker loaded its bundle.", aggregate="min"),
-)
 
-# Computed at render time, not stored: the live slots, and the bundle id `render` is given.
+def variants_for(settings: Settings | None = None) -> tuple[str, ...]:
+    """The `variant` label's values: what a response's `variant` can say, plus UNASSIGNED."""
+    arms = [f"{e.name}:{v.name}" for e in settings.experiments for v in e.variants] if settings is not None else []
+    return ("default", "holdout", *arms, UNASSIGNED)
+
+
+def families_for(settings: Settings | None = None) -> tuple[Family, ...]:
+    """The stored catalogue for these settings (None: no experiments)."""
+    variant = Label("variant", variants_for(settings))
+    return (
+        Family(
+            "aisle_requests_total",
+            "counter",
+            "Recommendation requests answered, by surface (other: refused before the query was decoded), HTTP status, "
+            "the first degradation step taken and the experiment arm (none: refused before assignment).",
+            (Label("surface", SURFACES), Label("status", STATUSES), Label("fallback", FALLBACKS), variant),
+        ),
+        Family("aisle_request_seconds", "histogram", "Recommendation request latency inside the engine, by surface.", (Label("surface", SURFACES),), REQUEST_BUCKETS),
+        Family("aisle_variant_request_seconds", "histogram", "Recommendation request latency inside the engine, by experiment arm.", (variant,), REQUEST_BUCKETS),
+        Family("aisle_stage_seconds", "histogram", "Time spent in each pipeline stage.", (Label("stage", STAGES),), STAGE_BUCKETS),
+        Family(
+            "aisle_candidates_total",
+            "counter",
+            "Candidates proposed, by source. The share that reaches the final slate is "
+            "aisle_candidates_served_total / aisle_candidates_total, per source.",
+            (Label("source", SOURCES),),
+        ),
+        Family("aisle_candidates_served_total", "counter", "Items served, by the source that proposed them.", (Label("source", SOURCES),)),
+        Family("aisle_filtered_total", "counter", "Candidates removed by filters.", (Label("filter", FILTERS),)),
+        Family("aisle_short_responses_total", "counter", "Responses (200) with fewer items than asked for, empty ones included.", (Label("surface", SURFACES),)),
+        Family("aisle_empty_responses_total", "counter", "Responses (200) with no item at all.", (Label("surface", SURFACES),)),
+        Family("aisle_events_total", "counter", "Shopper events received, by outcome.", (Label("outcome", EVENT_OUTCOMES),)),
+        Family("aisle_event_batches_total", "counter", "Event batches posted, by outcome: stored (202), refused (4xx), unavailable (503).", (Label("outcome", BATCH_OUTCOMES),)),
+        Family("aisle_slates_logged_total", "counter", "Served slates committed to the event log (impressions for experiment analysis)."),
+        Family("aisle_slates_dropped_total", "counter", "Served slates not logged: the log's queue was full, or it was closing, or a write failed."),
+        Family("aisle_slates_failed_total", "counter", "Served slates not logged because building or queueing one raised (a bug: see the server log)."),
+        Family("aisle_slates_queued", "gauge", "Served slates waiting for the next event log commit, over live workers."),
+        Family("aisle_bundle_swaps_total", "counter", "Bundle hot swaps attempted by workers, by outcome.", (Label("outcome", SWAP_OUTCOMES),)),
+        Family("aisle_bundle_age_seconds", "gauge", "Age of the oldest bundle any live worker serves.", aggregate="max"),
+        Family("aisle_bundle_loaded_timestamp_seconds", "gauge", "Earliest time at which a live worker loaded its bundle.", aggregate="min"),
+        # Drift: each worker samples its own window; the worst worker is the one to look at.
+        Family("aisle_feature_psi", "gauge", "Population stability index of a ranker feature, served vs training (max over live workers' windows; NaN below drift.min_rows).", (Label("feature", DRIFT_FEATURES),), aggregate="max"),
+        Family("aisle_ranker_score_psi", "gauge", "Population stability index of the ranker's raw score, served vs training (max over live workers).", aggregate="max"),
+        Family("aisle_ranker_score_mean", "gauge", "Mean sampled raw ranker score (max over live workers).", aggregate="max"),
+        Family("aisle_ranker_score_reference_mean", "gauge", "Mean raw ranker score over the training reference.", aggregate="max"),
+        Family("aisle_drift_sampled_rows", "gauge", "Sampled candidate rows in a worker's drift window (max over live workers).", aggregate="max"),
+        Family("aisle_drifted_features", "gauge", "Features (and the ranker score) whose PSI is over drift.threshold (max over live workers).", aggregate="max"),
+    )
+
+
+FAMILIES: tuple[Family, ...] = families_for()
+
+# Computed at render time, not stored: the live slots, the bundle id `render` is given, and the
+# live inventory feed (host-wide figures from the item state file, given to `render`).
 WORKER_UP = Family("aisle_worker_up", "gauge", "Worker processes alive (holding a metrics slot).")
 BUNDLE_INFO = Family("aisle_bundle_info", "gauge", "The bundle served by the worker that answered this scrape.", (Label("bundle", ()),))
-COMPUTED = (WORKER_UP, BUNDLE_INFO)
+INVENTORY_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("applied_batches", "Inventory update batches applied."),
+    ("applied_deltas", "Inventory deltas applied."),
+    ("rejected_deltas", "Inventory deltas that failed validation or could not be stored."),
+    ("unknown_skus", "Inventory deltas for a SKU neither in the bundle nor announced as new."),
+    ("capacity_full", "New SKUs refused: the state file has no free new-SKU row."),
+    ("gaps", "Sequence gaps seen by the subscriber (messages lost)."),
+    ("resyncs", "Snapshots applied by the subscriber (after a gap, a late start or a publisher restart)."),
+    ("resync_failures", "Snapshot requests that timed out or broke."),
+    ("heartbeats", "Publisher heartbeats received."),
+)
+INVENTORY_PUBLISHER = Family("aisle_inventory_publisher_info", "gauge", "The publisher whose deltas the item state follows.", (Label("publisher", ()),))
+INVENTORY: tuple[Family, ...] = (
+    Family("aisle_inventory_status", "gauge", "Live inventory feed state (1 for the current one).", (Label("status", tuple(s.name.lower() for s in Status)),)),
+    INVENTORY_PUBLISHER,
+    Family("aisle_inventory_seq", "gauge", "Sequence number of the last applied update batch."),
+    Family("aisle_inventory_last_update_age_seconds", "gauge", "Seconds since the last applied update batch was published."),
+    Family("aisle_inventory_heartbeat_age_seconds", "gauge", "Seconds since the subscriber last heard the publisher."),
+    Family("aisle_inventory_new_skus", "gauge", "SKUs added since the bundle was built (new-SKU rows in use)."),
+    Family("aisle_inventory_new_sku_capacity", "gauge", "New-SKU rows the state file holds."),
+    Family("aisle_inventory_lag_seconds", "histogram", "Publish-to-applied lag of inventory update batches.", (), LAG_BOUNDS),
+    *(Family(f"aisle_inventory_{name}_total", "counter", text + " Host-wide; restarts at 0 with a new bundle's state file.") for name, text in INVENTORY_COUNTERS),
+)
+COMPUTED = (WORKER_UP, BUNDLE_INFO, *INVENTORY)
+COMPUTED_DYNAMIC = (BUNDLE_INFO, INVENTORY_PUBLISHER)  # label values known only at render time
 
 
 # --- layout: catalogue -> columns ---------------------------------------------------------------
@@ -179,7 +257,7 @@ def _validate(families: Sequence[Family]) -> None:
         if len(set(names)) != len(names) or not all(_LABEL.match(n) and not n.startswith("__") for n in names):
             raise ValueError(f"metric family {f.name!r}: label names {names} must be unique and valid")
         for label in f.labels:
-            if f not in COMPUTED and (not label.values or len(set(label.values)) != len(label.values)):
+            if f not in COMPUTED_DYNAMIC and (not label.values or len(set(label.values)) != len(label.values)):
                 raise ValueError(f"metric family {f.name!r}: label {label.name!r} needs distinct declared values")
         if f.kind == "histogram":
             b = f.buckets
@@ -219,6 +297,8 @@ class Layout:
                         self.gauge_aggregates.append((column, f.aggregate))
                     column += 1
         self.n_columns = column
+        self._plan: list[tuple[Family, str, list[tuple]]] | None = None  # render's prebuilt sample prefixes
+        self._selections: dict[tuple[str, tuple[tuple[str, str], ...]], list] = {}  # `series` answers
         canonical = [FORMAT_VERSION, MAX_SLOTS]
         canonical += [[f.name, f.kind, [[label.name, list(label.values)] for label in f.labels], list(f.buckets)] for f in self.families]
         self.digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).digest()
@@ -241,31 +321,98 @@ class Layout:
         table = {"counter": self.counters, "gauge": self.gauges, "histogram": self.histograms}[kind]
         return table[key]
 
-    def render(self, totals: list[float], gauges: dict[int, float], workers: int, bundle_id: str | None) -> str:
-        """The exposition text, given per-column totals (counters, histograms) and gauge values."""
-        out: list[str] = []
+    def series(self, family: str, labels: dict[str, str]) -> list[int | HistogramSeries]:
+        """The columns (or histogram series) of `family` whose labels include `labels` (a subset of
+        the family's labels; {} = every series). ValueError for an unknown family, label or value."""
+        key = (family, tuple(sorted(labels.items())))
+        found = self._selections.get(key)
+        if found is not None:
+            return found
+        f = self.by_name.get(family)
+        if f is None:
+            raise ValueError(f"unknown metric family {family!r}; declared: {sorted(self.by_name)}")
+        declared = {label.name: label.values for label in f.labels}
+        for name, v in labels.items():
+            if name not in declared or v not in declared[name]:
+                raise ValueError(f"{family}: {name}={v!r} is not a declared label value; labels: { {k: list(vs) for k, vs in declared.items()} }")
+        table = {"counter": self.counters, "gauge": self.gauges, "histogram": self.histograms}[f.kind]
+        wanted = labels.items()
+        found = self._selections[key] = [table[(family, pairs)] for pairs in _series(f) if wanted <= set(pairs)]
+        return found
+
+    def _render_plan(self) -> list[tuple[Family, str, list[tuple]]]:
+        """Per family: its HELP/TYPE text and each sample's text up to the value, built once."""
+        plan = []
         for f in self.families:
-            out.append(_help_type(f))
+            entries: list[tuple] = []
             for pairs in _series(f):
                 key = (f.name, pairs)
                 if f.kind == "histogram":
                     h = self.histograms[key]
-                    cumulative = 0.0
-                    for i, bound in enumerate((*h.bounds, _INF)):
-                        cumulative += totals[h.first_bucket + i]
-                        out.append(f"{f.name}_bucket{_labels_text((*pairs, ('le', _le(bound))))} {_value(cumulative)}\n")
-                    out.append(f"{f.name}_sum{_labels_text(pairs)} {_value(totals[h.sum_column])}\n")
-                    out.append(f"{f.name}_count{_labels_text(pairs)} {_value(cumulative)}\n")
-                elif f.kind == "gauge":
-                    out.append(f"{f.name}{_labels_text(pairs)} {_value(gauges[self.gauges[key]])}\n")
+                    buckets = tuple(f"{f.name}_bucket{_labels_text((*pairs, ('le', _le(b))))} " for b in (*h.bounds, _INF))
+                    entries.append((buckets, f"{f.name}_sum{_labels_text(pairs)} ", f"{f.name}_count{_labels_text(pairs)} ", h.first_bucket, h.sum_column))
                 else:
-                    out.append(f"{f.name}{_labels_text(pairs)} {_value(totals[self.counters[key]])}\n")
+                    entries.append((f"{f.name}{_labels_text(pairs)} ", self.counters[key] if f.kind == "counter" else self.gauges[key]))
+            plan.append((f, _help_type(f), entries))
+        return plan
+
+    def render(self, totals: Totals, bundle_id: str | None, computed: Sequence[tuple[Family, Sequence[Computed]]] = ()) -> str:
+        """The exposition text of merged `totals`, then the computed families."""
+        if self._plan is None:
+            self._plan = self._render_plan()
+        values = totals.values.tolist()
+        out: list[str] = []
+        for f, head, entries in self._plan:
+            out.append(head)
+            if f.kind == "histogram":
+                for buckets, sum_text, count_text, first, sum_column in entries:
+                    cumulative = 0.0
+                    for i, text in enumerate(buckets):
+                        cumulative += values[first + i]
+                        out.append(f"{text}{_value(cumulative)}\n")
+                    out.append(f"{sum_text}{_value(values[sum_column])}\n")
+                    out.append(f"{count_text}{_value(cumulative)}\n")
+            else:
+                for text, column in entries:
+                    out.append(f"{text}{_value(values[column])}\n")
         out.append(_help_type(WORKER_UP))
-        out.append(f"{WORKER_UP.name} {workers}\n")
+        out.append(f"{WORKER_UP.name} {totals.workers}\n")
         out.append(_help_type(BUNDLE_INFO))
         if bundle_id is not None:
             out.append(f"{BUNDLE_INFO.name}{_labels_text((('bundle', bundle_id),))} 1\n")
+        for f, samples in computed:
+            if f not in COMPUTED or f in (WORKER_UP, BUNDLE_INFO):
+                raise ValueError(f"{f.name}: only the declared computed families (COMPUTED) can be given to render")
+            out.append(_help_type(f))
+            names = [label.name for label in f.labels]
+            for sample in samples:
+                pairs = tuple(zip(names, sample.labels))
+                if len(pairs) != len(names) or any(label.values and v not in label.values for label, v in zip(f.labels, sample.labels)):
+                    raise ValueError(f"{f.name}: labels {sample.labels} do not fit {names}")
+                if f.kind == "histogram":
+                    _render_histogram(out, f.name, pairs, f.buckets, sample.buckets, sample.value)
+                else:
+                    out.append(f"{f.name}{_labels_text(pairs)} {_value(float(sample.value))}\n")
         return "".join(out)
+
+
+class Computed(NamedTuple):
+    """One series of a family computed at render time (not stored in the file)."""
+
+    labels: tuple[str, ...] = ()  # values, in the family's label order
+    value: float = 0.0  # counter or gauge value; a histogram's sum
+    buckets: Sequence[float] = ()  # histogram only: per bucket, NOT cumulative, then the overflow
+
+
+def _render_histogram(out: list[str], name: str, pairs: tuple[tuple[str, str], ...], bounds: Sequence[float], counts: Sequence[float], total: float) -> None:
+    if len(counts) != len(bounds) + 1:
+        raise ValueError(f"{name}: expected {len(bounds) + 1} bucket counts (the last one the overflow); got {len(counts)}")
+    cumulative = 0.0
+    for bound, count in zip((*bounds, _INF), counts):
+        cumulative += count
+        out.append(f"{name}_bucket{_labels_text((*pairs, ('le', _le(bound))))} {_value(float(cumulative))}\n")
+    out.append(f"{name}_sum{_labels_text(pairs)} {_value(float(total))}\n")
+    out.append(f"{name}_count{_labels_text(pairs)} {_value(float(cumulative))}\n")
 
 
 def _series(f: Family) -> list[tuple[tuple[str, str], ...]]:
@@ -276,6 +423,94 @@ def _series(f: Family) -> list[tuple[tuple[str, str], ...]]:
 
 def _help_type(f: Family) -> str:
     return f"# HELP {f.name} {_escape_help(f.help)}\n# TYPE {f.name} {f.kind}\n"
+
+
+# --- merged totals: what /metrics renders and the status page reads -----------------------------
+
+
+class Histogram(NamedTuple):
+    bounds: tuple[float, ...]  # upper bounds, ascending; the +Inf overflow is implied
+    counts: np.ndarray  # float64 [len(bounds) + 1], per bucket, NOT cumulative
+    sum: float
+
+    @property
+    def count(self) -> float:
+        return float(self.counts.sum())
+
+    def quantile(self, q: float) -> float:
+        """Estimated q-quantile, as Prometheus' histogram_quantile: linear within the bucket that
+        holds the rank (the first bucket starts at 0); in the overflow, the highest finite bound.
+        NaN for an empty histogram."""
+        return bucket_quantile(q, self.bounds, self.counts)
+
+
+def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"a quantile is in [0, 1]; got {q}")
+    total = float(sum(counts))
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    below = 0.0
+    for i, count in enumerate(counts):
+        if count > 0 and below + count >= rank:
+            if i == len(bounds):
+                return float(bounds[-1])
+            lower = float(bounds[i - 1]) if i else 0.0
+            return lower + (float(bounds[i]) - lower) * max(rank - below, 0.0) / count
+        below += count
+    return float(bounds[-1])
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The merged picture at one moment: counters and histograms summed over every slot, gauges
+    combined over the live ones, all in one vector in the layout's column order."""
+
+    layout: Layout
+    values: np.ndarray  # float64 [n_columns]
+    pids: tuple[int, ...]  # live worker processes (holding a slot), by slot
+    taken_at: float  # time.time()
+
+    @property
+    def workers(self) -> int:
+        return len(self.pids)
+
+    def counter(self, family: str, /, **labels: str) -> float:
+        """Sum of the counter's series whose labels include `labels` (none given: all of them)."""
+        self._kind(family, "counter")
+        columns = self.layout.series(family, labels)
+        return float(self.values[columns].sum()) if columns else 0.0
+
+    def histogram(self, family: str, /, **labels: str) -> Histogram:
+        """The histogram's series whose labels include `labels`, merged."""
+        f = self._kind(family, "histogram")
+        counts = np.zeros(len(f.buckets) + 1, np.float64)
+        total = 0.0
+        for h in self.layout.series(family, labels):
+            counts += self.values[h.first_bucket : h.sum_column]  # type: ignore[union-attr]
+            total += float(self.values[h.sum_column])  # type: ignore[union-attr]
+        return Histogram(f.buckets, counts, total)
+
+    def gauge(self, family: str, /, **labels: str) -> float:
+        """One gauge series (every label given), combined over live workers; NaN if none set it."""
+        self._kind(family, "gauge")
+        return float(self.values[self.layout.resolve("gauge", family, labels)])  # type: ignore[index]
+
+    def since(self, earlier: Totals) -> Totals:
+        """Counters and histograms as increases since `earlier` (a window); gauges as now."""
+        if earlier.layout is not self.layout:
+            raise ValueError("totals of two different layouts cannot be compared")
+        values = self.values - earlier.values
+        gauges = self.layout.gauge_columns
+        values[gauges] = self.values[gauges]
+        return Totals(self.layout, values, self.pids, self.taken_at)
+
+    def _kind(self, family: str, kind: str) -> Family:
+        f = self.layout.by_name.get(family)
+        if f is None or f.kind != kind:
+            raise ValueError(f"{family!r} is not a {kind} of this catalogue")
+        return f
 
 
 # --- the shared file ----------------------------------------------------------------------------
@@ -500,19 +735,24 @@ class Metrics:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def render(self, bundle_id: str | None = None) -> str:
-        """Prometheus text exposition (format 0.0.4, serve as CONTENT_TYPE) over all slots:
-        counters and histograms summed over every slot, gauges combined over live slots."""
+    def totals(self) -> Totals:
+        """The merged picture over all slots (see `Totals`), read once from shared memory."""
         claim = self._claim
         live = claim.live_slots()
         snapshot = np.array(claim.matrix)  # one copy: later arithmetic sees a fixed picture
-        totals = snapshot.sum(axis=0).tolist()
-        gauges: dict[int, float] = {}
+        pids = np.frombuffer(claim.mm, np.int64, MAX_SLOTS, _PIDS_AT)
+        values = snapshot.sum(axis=0)
         for column, aggregate in self._layout.gauge_aggregates:
             seen = snapshot[live, column]
             seen = seen[~np.isnan(seen)]  # NaN: a live worker that has not set it yet
-            gauges[column] = float(_COMBINE[aggregate](seen)) if seen.size else math.nan
-        return self._layout.render(totals, gauges, int(live.sum()), bundle_id)
+            values[column] = float(_COMBINE[aggregate](seen)) if seen.size else math.nan
+        return Totals(self._layout, values, tuple(int(pids[i]) for i in np.flatnonzero(live)), time.time())
+
+    def render(self, bundle_id: str | None = None, computed: Sequence[tuple[Family, Sequence[Computed]]] = (), totals: Totals | None = None) -> str:
+        """Prometheus text exposition (format 0.0.4, serve as CONTENT_TYPE) over all slots:
+        counters and histograms summed over every slot, gauges combined over live slots; then
+        the computed families given (e.g. `inventory_families(...)`)."""
+        return self._layout.render(totals if totals is not None else self.totals(), bundle_id, computed)
 
     def close(self) -> None:
         """Drop this handle; the last handle of a process frees the slot (its values stay)."""
@@ -525,3 +765,22 @@ class Metrics:
             if _CLAIMS.get(claim.path) is claim:
                 del _CLAIMS[claim.path]
             claim.release()
+
+
+def inventory_families(stats: InventoryStats, now: float) -> list[tuple[Family, list[Computed]]]:
+    """The live inventory feed's families from the item state's header (host-wide figures: the one
+    subscriber of this host wrote them), to pass to `render`."""
+    by_name = {f.name: f for f in INVENTORY}
+    lag_sum = stats.counters.get("lag_sum_ns", 0) / 1e9
+    out: list[tuple[Family, list[Computed]]] = [
+        (by_name["aisle_inventory_status"], [Computed((s.name.lower(),), float(stats.status == s.name.lower())) for s in Status]),
+        (by_name["aisle_inventory_publisher_info"], [Computed((stats.publisher,), 1.0)] if stats.publisher else []),
+        (by_name["aisle_inventory_seq"], [Computed((), float(stats.seq))]),
+        (by_name["aisle_inventory_last_update_age_seconds"], [Computed((), max(0.0, now - stats.updated_at) if stats.updated_at else math.nan)]),
+        (by_name["aisle_inventory_heartbeat_age_seconds"], [Computed((), max(0.0, now - stats.heartbeat_at) if stats.heartbeat_at else math.nan)]),
+        (by_name["aisle_inventory_new_skus"], [Computed((), float(stats.n_new))]),
+        (by_name["aisle_inventory_new_sku_capacity"], [Computed((), float(stats.capacity))]),
+        (by_name["aisle_inventory_lag_seconds"], [Computed((), lag_sum, [float(x) for x in stats.lag_buckets])]),
+    ]
+    out += [(by_name[f"aisle_inventory_{name}_total"], [Computed((), float(stats.counters.get(name, 0)))]) for name, _ in INVENTORY_COUNTERS]
+    return out

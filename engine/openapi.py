@@ -27,6 +27,8 @@ _QUERY_DOCS = {
     "block_sellers": "comma-separated sellers never to return",
     "candidates": "re-ranking: comma-separated SKUs to rank instead of retrieving (POST a JSON body for long lists); "
     "count defaults to all of them, at most limits.max_rank_items",
+    "session_id": "the storefront's session id (1-128 bytes): the experiment unit when there is no user_id, "
+    "and logged with the served slate",
 }
 
 
@@ -102,6 +104,8 @@ def openapi_document() -> bytes:
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok("Health", "alive")}}},
             "/readyz": {"get": {"summary": "readiness (bundle loaded, kernels warm)", "responses": {"200": ok("Health", "ready"), "503": ok("Health", "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics, summed across workers", "responses": {"200": {"description": "text/plain exposition format 0.0.4"}}}},
+            "/status": {"get": {"summary": "status page for people: bundle, live inventory, request rates and latency, drift, experiments (HTML, no-store, no external assets)",
+                                "responses": {"200": {"description": "text/html"}}}},
         },
         "components": {"schemas": components},
     }

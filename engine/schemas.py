@@ -12,6 +12,7 @@ import msgspec
 
 Surface = Literal["home", "pdp", "cart"]
 EventTypeName = Literal["impression", "click", "add_to_cart", "purchase", "skip", "dwell"]
+MAX_SESSION_ID_BYTES = 128  # = engine.eventlog.MAX_TEXT_BYTES (session_id of a logged event)
 
 
 class RecommendQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -35,6 +36,16 @@ class RecommendQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Re-ranking: rank exactly these SKUs (e.g. a search engine's results) instead of retrieving.
     # The hard rules still apply; count defaults to all of them (at most limits.max_rank_items).
     candidates: list[str] = []
+    # The storefront's session: the experiment unit of a shopper without a user id, and logged
+    # with the served slate so analysis can join it with the session's events.
+    session_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Here rather than in engine.service.validate_query so GET and POST share it with no
+        # settings: the bound is the event log's for session_id, so a session that can be
+        # queried can also be logged with its events.
+        if self.session_id is not None and not 1 <= len(self.session_id.encode()) <= MAX_SESSION_ID_BYTES:
+            raise ValueError(f"'session_id' must be 1-{MAX_SESSION_ID_BYTES} bytes, got {len(self.session_id.encode())}")
 
 
 class RecommendedItem(msgspec.Struct, frozen=True):

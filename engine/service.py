@@ -16,6 +16,7 @@ import numpy as np
 
 from artifacts import layout
 from artifacts.bundle import Bundle
+from artifacts.drift import load_reference
 from artifacts.errors import BundleError
 from artifacts.featurespec import FEATURE_NAMES
 from artifacts.ranker import CompiledRanker
@@ -23,6 +24,7 @@ from artifacts.usertower import UserTowerError
 from artifacts.vectors import VectorIndexError
 from engine.catalog import CatalogView
 from engine.context import RequestContext, RequestFilters
+from engine.drift import DriftMonitor
 from engine.errors import BadRequest, Invalid, NotFound, TooLarge
 from engine.fresh import FreshItems
 from engine.inventory.state import ItemState
@@ -136,6 +138,7 @@ class LoadReport:
     index: str | None
     tower: str | None
     snapshot: str | None
+    drift: str | None = None  # why served features are not monitored for drift (None = they are)
 
 
 class Recommender:
@@ -162,7 +165,19 @@ class Recommender:
             ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=n_features)
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
-        self.load_report = LoadReport(**problems)
+        # Drift monitoring is optional: a bundle from before it (no reference) or with an unusable
+        # reference serves as usual, unmonitored, and load_report.drift says why.
+        self.drift: DriftMonitor | None = None
+        drift_problem: str | None = None
+        try:
+            reference = load_reference(bundle)
+            if reference is None:
+                drift_problem = "the bundle has no drift reference (built before drift monitoring)"
+            else:
+                self.drift = DriftMonitor(reference, settings.drift)
+        except (BundleError, ValueError, OSError) as exc:
+            drift_problem = str(exc)
+        self.load_report = LoadReport(**problems, drift=drift_problem)
         self.view.events = live
         self.ranker = ranker
         self.live = live
@@ -257,9 +272,12 @@ class Recommender:
         ctx = self.context(q, now)
         ctx.started = started
         timed(self.resolve, ctx, q.user_id, self._rows(q.recent) if q.recent else None)
-        ctx.variant = self.assigner.assign(q.user_id).label
+        arm = self.assigner.assign(q.user_id, q.session_id)
+        ctx.variant, ctx.unit, ctx.arm_share = arm.label, arm.unit, arm.arm_share
         for stage in self.variant_stages.get(ctx.variant, self.stages):
             timed(stage, ctx)
+        if self.drift is not None and ctx.features is not None:
+            self.drift.maybe_observe(ctx.features, ctx.relevance)
         selected = ctx.selected
         skus = self.items.ids_of(ctx.candidates.rows[selected])
         scores = np.round(ctx.scores[selected].astype(np.float64), 6).tolist()
@@ -349,3 +367,6 @@ class Recommender:
             for region in range(len(self.bundle.vocab.regions)):
                 for device in range(len(self.bundle.vocab.devices)):
                     view.context_nearest.search(view.tower.encode_one(empty, region, device), 1, view.in_stock)
+        if self.drift is not None:
+            self.drift.warm()
+            self.drift.clear()  # warm-up requests are not traffic

@@ -108,6 +108,11 @@ class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     half_life_s: float = 21_600.0  # decay of the live per-item counters (fixed when the log is created)
     recent_limit: int = 50  # interactions kept per shopper in the live ring
     retry_after_s: int = 5  # Retry-After on a 503 when the log cannot store a batch (disk or map full)
+    # Every served slate (request id, shopper, variant, items, scores, sources, prices, bundle) is
+    # logged in the event log's `slates` database with the next group commit, so `aisle analyze`
+    # can join it with the clicks, carts and purchases that follow. The answer never waits for it.
+    log_slates: bool = True
+    slate_queue_limit: int = 20_000  # slates waiting for a commit; beyond it new ones are dropped (and counted)
 
 
 class InventorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -122,6 +127,15 @@ class InventorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     @property
     def enabled(self) -> bool:
         return bool(self.updates_endpoint and self.snapshot_endpoint)
+
+
+class DriftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Served features and ranker scores compared with the bundle's training histograms (PSI).
+    sample_rate: float = 0.05  # share of ranked requests whose candidates' features are sampled
+    rows_per_request: int = 8  # candidate rows taken from a sampled request
+    window: int = 20_000  # most recent sampled rows the PSI is computed over (per worker)
+    min_rows: int = 500  # below this many sampled rows no PSI is reported
+    threshold: float = 0.2  # PSI above this marks a feature as drifted (0.1 watch, 0.2 act: the usual rule)
 
 
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -153,6 +167,19 @@ class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cart: list[SourceSpec] | None = None
 
 
+class Guardrails(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits a variant must stay within; `aisle analyze` flags a variant that breaches one."""
+
+    latency_p99_ms: float = 50.0  # engine time (took_ms) at the 99th percentile
+    max_short_rate: float = 0.05  # share of slates with fewer items than asked for
+    max_fallback_rate: float = 0.05  # share of slates served by a degradation step
+    # Tolerated relative drop against the control, per metric: breached when the drop is larger
+    # than this and significant.
+    max_drop: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"ctr": 0.05, "add_to_cart_rate": 0.05, "revenue_per_request": 0.10}
+    )
+
+
 class ExperimentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A controlled experiment: `traffic` of all shoppers (after the holdout) enter it; each is put
     in a variant by a hash of (salt, user id), so the same shopper always sees the same arm."""
@@ -161,6 +188,7 @@ class ExperimentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     variants: list[VariantSettings]
     traffic: float = 1.0  # share of all shoppers; experiments take consecutive, disjoint slices
     salt: str = ""  # default: the name. A new salt reshuffles shoppers between the variants
+    guardrails: Guardrails = Guardrails()  # the first variant is the control they are measured against
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -182,6 +210,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     deadlines: DeadlineSettings = DeadlineSettings()
     events: EventSettings = EventSettings()
     inventory: InventorySettings = InventorySettings()
+    drift: DriftSettings = DriftSettings()
     holdout: float = 0.0  # share of shoppers kept out of every experiment (served the settings above)
     experiments: list[ExperimentSettings] = []
 
@@ -208,6 +237,15 @@ def validate(settings: Settings) -> Settings:
     if not 1 <= lim.default_count <= lim.max_count:
         problems.append("limits.default_count must be in [1, limits.max_count]")
     problems += _experiment_problems(settings)
+    d = settings.drift
+    if not 0 <= d.sample_rate <= 1:
+        problems.append("drift.sample_rate must be in [0, 1]")
+    if not (1 <= d.rows_per_request <= 1000 and 1 <= d.min_rows <= d.window <= 10_000_000):
+        problems.append("drift: need 1 ≤ rows_per_request ≤ 1000 and 1 ≤ min_rows ≤ window")
+    if not d.threshold > 0:
+        problems.append("drift.threshold must be > 0")
+    if settings.events.slate_queue_limit < 1:
+        problems.append("events.slate_queue_limit must be ≥ 1")
     for name in ("expansion_search", "expansion_search_items"):
         if not 1 <= getattr(settings, name) <= 10_000:
             problems.append(f"{name} must be in [1, 10000]")

@@ -248,6 +248,7 @@ class PredictRanker:
         if relevance is None:
             ctx.scores = retrieval_scores(cands)
             return
+        ctx.relevance = relevance  # the raw margin, comparable with the builder's (drift monitor)
         X = ctx.features
         score = rs.weight_relevance * _z(relevance)
         if rs.weight_conversion:

@@ -12,7 +12,8 @@ import pytest
 from artifacts.bundle import open_bundle
 from engine.experiments import HOLDOUT, Assigner, unit
 from engine.schemas import RecommendQuery
-from engine.service import Recommender
+from engine.errors import Invalid
+from engine.service import Recommender, decode_body, decode_query
 from engine.settings import ExperimentSettings, Settings, SettingsError, VariantSettings, validate
 
 
@@ -80,3 +81,56 @@ def test_a_variant_changes_what_its_shoppers_are_served(tiny_bundle: Path) -> No
         response, _ = rec.run(RecommendQuery("home", user_id=users.id_of(row), count=10), now=now)
         seen.setdefault(response.variant, set()).add(response.fallback)
     assert seen == {"ab:a": {None}, "ab:b": {"ranker_unavailable"}}  # the arm without a ranker says so
+
+
+def test_a_session_is_the_unit_when_there_is_no_user_id() -> None:
+    s = _settings(holdout=0.1, experiments=[_ab(0.6, (3.0, 1.0))])
+    sessions = [f"session-{i}" for i in range(20_000)]
+    arms = [Assigner(s).assign(None, sid) for sid in sessions]
+    assert [a.label for a in arms] == [Assigner(s).assign(None, sid).label for sid in sessions]  # deterministic
+    assert {a.unit for a in arms} == set(sessions)
+    n = len(sessions)
+    share = {k: sum(a.label == k for a in arms) / n for k in (HOLDOUT, "ab:a", "ab:b", "default")}
+    for label, p in {HOLDOUT: 0.1, "ab:a": 0.45, "ab:b": 0.15, "default": 0.3}.items():
+        assert abs(share[label] - p) < 4 * np.sqrt(p * (1 - p) / n), (label, share[label], p)
+    # the arm's expected share of its experiment: weight / Σ weights; 1.0 outside an experiment
+    assert {(a.label, a.arm_share) for a in arms} == {(HOLDOUT, 1.0), ("default", 1.0), ("ab:a", 0.75), ("ab:b", 0.25)}
+
+
+def test_the_user_id_wins_over_the_session_and_neither_means_default() -> None:
+    s = _settings(experiments=[_ab()])
+    a = Assigner(s)
+    for i in range(200):
+        user, session = f"user-{i}", f"session-{i}"
+        both = a.assign(user, session)
+        assert (both.label, both.unit) == (a.assign(user).label, user)
+        assert a.assign(None, session).label == a.assign(session).label  # the same hash, keyed by the session
+    none = a.assign(None, None)
+    assert (none.label, none.unit, none.arm_share) == ("default", "", 1.0)
+    assert Assigner(_settings()).assign(None, "s-1").unit == "s-1"  # no experiment: still the unit the slate logs
+
+
+def test_session_id_is_a_query_parameter_for_get_and_post() -> None:
+    s = Settings()
+    assert decode_query("surface=home&session_id=s-42", s).session_id == "s-42"
+    assert decode_body(b'{"surface": "home", "session_id": "s-42"}', s).session_id == "s-42"
+    assert decode_query("surface=home", s).session_id is None
+    for raw in ("surface=home&session_id=", "surface=home&session_id=" + "x" * 129):
+        with pytest.raises(Invalid, match="session_id"):
+            decode_query(raw, s)
+    with pytest.raises(Invalid, match="session_id"):
+        decode_body(('{"surface": "home", "session_id": "' + "é" * 65 + '"}').encode(), s)  # 130 bytes
+
+
+@pytest.mark.slow
+def test_an_anonymous_shoppers_session_keeps_its_arm(tiny_bundle: Path) -> None:
+    rec = Recommender(open_bundle(tiny_bundle / "current"), _settings(experiments=[_ab()]), live=None)
+    now = rec.view.bundle.manifest.dims["end_ts"]
+    seen = {}
+    for i in range(40):
+        for _ in range(2):
+            response, ctx = rec.run(RecommendQuery("home", count=5, session_id=f"anon-{i}"), now=now)
+            seen.setdefault(f"anon-{i}", set()).add(response.variant)
+            assert (ctx.unit, ctx.arm_share) == (f"anon-{i}", 0.5)
+    assert all(len(v) == 1 for v in seen.values())
+    assert set().union(*seen.values()) == {"ab:a", "ab:b"}

@@ -30,6 +30,7 @@ def test_frozen_v1_bundle_serves_every_surface() -> None:
     bundle = open_bundle(FIXTURE, verify="sizes")
     rec = Recommender(bundle, Settings(), live=None)
     assert rec.load_report.ranker is None and rec.load_report.index is None
+    rec.warm()  # as a worker does before it serves: a cold first request pays numba's start-up and misses its deadline
     now = bundle.manifest.dims["end_ts"]
     user = bundle.users.id_of(0)
     anchor = bundle.items.id_of(int(bundle.array(layout.POPULAR_GLOBAL)[0]))

@@ -7,29 +7,41 @@ from __future__ import annotations
 import fcntl
 import math
 import multiprocessing
+import os
 import re
 import tempfile
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from artifacts.featurespec import FEATURE_NAMES
 from engine.metrics import (
+    FALLBACKS,
     FAMILIES,
     HEADER_BYTES,
+    INVENTORY,
     MAGIC,
     MAX_SLOTS,
+    STATUSES,
+    SURFACES,
+    Computed,
     Family,
     Label,
     Layout,
     Metrics,
     MetricsError,
+    bucket_quantile,
+    families_for,
+    inventory_families,
+    variants_for,
 )
 
 SPAWN = multiprocessing.get_context("spawn")  # as Granian's workers: fresh interpreters, no inherited state
-HOME_OK = {"surface": "home", "status": "200", "fallback": "none"}
+HOME_OK = {"surface": "home", "status": "200", "fallback": "none", "variant": "default"}
 
 
 # --- a strict parser for the text exposition format ------------------------------------------------
@@ -123,7 +135,7 @@ def test_the_parser_rejects_malformed_text(text: str) -> None:
 def _serve_some(path: str, requests: int, source: str, latency: float) -> None:
     m = Metrics.open(Path(path))
     for _ in range(requests):
-        m.inc("aisle_requests_total", surface="home", status="200", fallback="none")
+        m.inc("aisle_requests_total", **HOME_OK)
         m.observe("aisle_request_seconds", latency, surface="home")
     m.inc("aisle_candidates_total", 10.0, source=source)
     m.close()
@@ -394,7 +406,7 @@ def test_render_is_prometheus_text_with_every_declared_series(metrics: Metrics) 
         per_series = len(family.buckets) + 3 if family.kind == "histogram" else 1  # buckets, +Inf, sum, count
         assert len(seen[family.name]["samples"]) == n_series * per_series  # zeros included
     assert value(seen, "aisle_requests_total", **HOME_OK) == 1
-    assert value(seen, "aisle_requests_total", surface="cart", status="503", fallback="popularity") == 0
+    assert value(seen, "aisle_requests_total", surface="cart", status="503", fallback="popularity", variant="none") == 0
     assert value(seen, "aisle_bundle_info", bundle="20260101T000000Z-abc") == 1
     assert value(seen, "aisle_worker_up") == 1
 
@@ -423,10 +435,10 @@ def test_label_values_and_help_are_escaped(path: Path) -> None:
 
 
 def test_label_order_in_the_call_does_not_matter(metrics: Metrics) -> None:
-    metrics.inc("aisle_requests_total", surface="pdp", status="429", fallback="deadline")
-    metrics.inc("aisle_requests_total", fallback="deadline", status="429", surface="pdp")
-    metrics.inc("aisle_requests_total", fallback="deadline", status="429", surface="pdp")
-    assert value(parse(metrics.render()), "aisle_requests_total", surface="pdp", status="429", fallback="deadline") == 3
+    metrics.inc("aisle_requests_total", surface="pdp", status="429", fallback="deadline", variant="holdout")
+    metrics.inc("aisle_requests_total", variant="holdout", fallback="deadline", status="429", surface="pdp")
+    metrics.inc("aisle_requests_total", fallback="deadline", status="429", surface="pdp", variant="holdout")
+    assert value(parse(metrics.render()), "aisle_requests_total", surface="pdp", status="429", fallback="deadline", variant="holdout") == 3
 
 
 def test_precomputed_columns_count_like_named_calls(metrics: Metrics) -> None:
@@ -447,9 +459,10 @@ def test_precomputed_columns_count_like_named_calls(metrics: Metrics) -> None:
     "call",
     [
         lambda m: m.inc("aisle_request_total", **HOME_OK),  # family typo
-        lambda m: m.inc("aisle_requests_total", surface="hmoe", status="200", fallback="none"),
-        lambda m: m.inc("aisle_requests_total", surface="home", status=200, fallback="none"),  # not a string
-        lambda m: m.inc("aisle_requests_total", surface="home", status="200"),  # label missing
+        lambda m: m.inc("aisle_requests_total", surface="hmoe", status="200", fallback="none", variant="default"),
+        lambda m: m.inc("aisle_requests_total", surface="home", status=200, fallback="none", variant="default"),  # not a string
+        lambda m: m.inc("aisle_requests_total", surface="home", status="200", fallback="none"),  # label missing
+        lambda m: m.inc("aisle_requests_total", surface="home", status="200", fallback="none", variant="exp:b"),  # no such arm
         lambda m: m.inc("aisle_requests_total", region="eu", **HOME_OK),  # label extra
         lambda m: m.inc("aisle_stage_seconds", stage="rank"),  # a histogram is not a counter
         lambda m: m.observe("aisle_events_total", 1.0, outcome="accepted"),
@@ -486,3 +499,192 @@ def test_mistakes_fail_loudly_and_write_nothing(metrics: Metrics, call) -> None:
 def test_a_malformed_catalogue_is_rejected(families: tuple[Family, ...]) -> None:
     with pytest.raises(ValueError):
         Layout(families)
+
+
+# --- the catalogue from the settings ------------------------------------------------------------------
+
+
+def _experiment_settings():
+    from engine.settings import ExperimentSettings, Settings, VariantSettings, validate
+
+    arms = [VariantSettings("control"), VariantSettings("diverse", mmr_lambda=0.5)]
+    return validate(Settings(holdout=0.1, experiments=[ExperimentSettings("mmr", arms, traffic=0.5)]))
+
+
+def test_the_variant_label_declares_every_arm_of_the_settings(path: Path) -> None:
+    settings = _experiment_settings()
+    assert variants_for(settings) == ("default", "holdout", "mmr:control", "mmr:diverse", "none")
+    assert variants_for(None) == ("default", "holdout", "none")
+    families = families_for(settings)
+    m = Metrics.open(path, families)
+    try:
+        m.inc("aisle_requests_total", surface="home", status="200", fallback="none", variant="mmr:diverse")
+        m.observe("aisle_variant_request_seconds", 0.004, variant="mmr:diverse")
+        with pytest.raises(ValueError, match="variant"):
+            m.inc("aisle_requests_total", surface="home", status="200", fallback="none", variant="mmr:other")
+        seen = parse(m.render())
+    finally:
+        m.close()
+    requests = seen["aisle_requests_total"]["samples"]
+    assert len(requests) == len(SURFACES) * len(STATUSES) * len(FALLBACKS) * 5
+    assert value(seen, "aisle_requests_total", surface="home", status="200", fallback="none", variant="mmr:diverse") == 1
+    assert value(seen, "aisle_variant_request_seconds_count", variant="mmr:diverse") == 1
+    assert value(seen, "aisle_variant_request_seconds_count", variant="mmr:control") == 0
+
+
+def test_the_same_settings_give_the_same_layout_and_other_arms_another(path: Path) -> None:
+    settings = _experiment_settings()
+    assert Layout(families_for(settings)).digest == Layout(families_for(_experiment_settings())).digest
+    assert Layout(families_for(settings)).digest != Layout(FAMILIES).digest
+    m = Metrics.open(path, families_for(settings))
+    m.inc("aisle_requests_total", surface="cart", status="200", fallback="none", variant="mmr:control")
+    m.close()
+    m = Metrics.open(path)  # a restart without the experiment: the file is recreated, not misread
+    try:
+        seen = parse(m.render())
+        assert {dict(labels)["variant"] for _, labels in seen["aisle_requests_total"]["samples"]} == {"default", "holdout", "none"}
+        assert all(v == 0 for v in seen["aisle_requests_total"]["samples"].values())
+    finally:
+        m.close()
+
+
+def test_empty_responses_are_counted_apart_from_short_ones(metrics: Metrics) -> None:
+    metrics.inc("aisle_short_responses_total", surface="pdp")
+    metrics.inc("aisle_short_responses_total", surface="pdp")
+    metrics.inc("aisle_empty_responses_total", surface="pdp")
+    seen = parse(metrics.render())
+    assert value(seen, "aisle_short_responses_total", surface="pdp") == 2
+    assert value(seen, "aisle_empty_responses_total", surface="pdp") == 1
+    assert value(seen, "aisle_empty_responses_total", surface="home") == 0
+
+
+def test_drift_gauges_take_the_worst_live_worker(path: Path) -> None:
+    ours, theirs = SPAWN.Pipe()
+    other = SPAWN.Process(target=_set_drift_then_hang, args=(str(path), 0.35, theirs))
+    other.start()
+    try:
+        assert ours.poll(60) and ours.recv() == "set"
+        m = Metrics.open(path)
+        try:
+            m.set("aisle_feature_psi", 0.05, feature="item_ctr")
+            m.set("aisle_feature_psi", math.nan, feature="ann_score")  # not monitored here
+            seen = parse(m.render())
+        finally:
+            m.close()
+    finally:
+        other.kill()
+        other.join(30)
+    assert value(seen, "aisle_feature_psi", feature="item_ctr") == pytest.approx(0.35)
+    assert value(seen, "aisle_feature_psi", feature="ann_score") == pytest.approx(0.1)
+    assert math.isnan(value(seen, "aisle_feature_psi", feature="ctx_hour"))
+    assert {dict(labels)["feature"] for _, labels in seen["aisle_feature_psi"]["samples"]} == set(FEATURE_NAMES)
+
+
+def _set_drift_then_hang(path: str, psi: float, conn) -> None:
+    m = Metrics.open(Path(path))
+    m.set("aisle_feature_psi", psi, feature="item_ctr")
+    m.set("aisle_feature_psi", 0.1, feature="ann_score")
+    conn.send("set")
+    conn.recv()
+
+
+# --- merged totals: the numbers /metrics renders and /status reads ---------------------------------------
+
+
+def test_totals_sum_series_by_partial_labels_and_window_by_difference(metrics: Metrics) -> None:
+    for variant, n in (("default", 3), ("holdout", 2)):
+        for _ in range(n):
+            metrics.inc("aisle_requests_total", surface="home", status="200", fallback="none", variant=variant)
+    metrics.inc("aisle_requests_total", surface="pdp", status="404", fallback="none", variant="none")
+    metrics.observe("aisle_request_seconds", 0.004, surface="home")
+    before = metrics.totals()
+    metrics.inc("aisle_requests_total", surface="home", status="200", fallback="deadline", variant="default")
+    metrics.observe("aisle_request_seconds", 0.04, surface="pdp")
+    metrics.set("aisle_bundle_age_seconds", 12.0)
+    now = metrics.totals()
+    assert now.workers == 1 and now.pids == (os.getpid(),)
+    assert now.counter("aisle_requests_total") == 7
+    assert now.counter("aisle_requests_total", surface="home") == 6
+    assert now.counter("aisle_requests_total", variant="default") == 4
+    assert now.counter("aisle_requests_total", surface="home", status="200", fallback="none") == 5
+    window = now.since(before)
+    assert window.counter("aisle_requests_total") == 1 and window.counter("aisle_requests_total", fallback="deadline") == 1
+    assert window.histogram("aisle_request_seconds").count == 1
+    assert window.gauge("aisle_bundle_age_seconds") == 12  # gauges are not differenced
+    merged = now.histogram("aisle_request_seconds")
+    assert merged.count == 2 and merged.sum == pytest.approx(0.044)
+    assert now.histogram("aisle_request_seconds", surface="home").count == 1
+    with pytest.raises(ValueError):
+        now.counter("aisle_requests_total", surface="hmoe")
+    with pytest.raises(ValueError):
+        now.counter("aisle_request_seconds")  # a histogram
+    assert metrics.render(totals=now) == metrics.render()  # one source for both
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.5), min_size=1, max_size=200), st.sampled_from([0.5, 0.9, 0.99]))
+def test_bucket_quantile_lands_in_the_bucket_of_the_true_quantile(observations: list[float], q: float) -> None:
+    counts = np.zeros(len(BOUNDS) + 1)
+    for x in observations:
+        counts[np.searchsorted(BOUNDS, x, side="left")] += 1
+    estimate = bucket_quantile(q, BOUNDS, counts)
+    # The rank's bucket, as Prometheus picks it: the first whose cumulative count reaches q·n.
+    bucket = int(np.searchsorted(np.cumsum(counts), q * len(observations), side="left"))
+    lower = BOUNDS[bucket - 1] if bucket else 0.0
+    upper = BOUNDS[bucket] if bucket < len(BOUNDS) else BOUNDS[-1]
+    assert lower - 1e-12 <= estimate <= upper + 1e-12
+
+
+def test_bucket_quantile_interpolates_within_a_bucket_and_is_nan_when_empty() -> None:
+    assert bucket_quantile(0.5, (1.0, 2.0), [0, 4, 0]) == pytest.approx(1.5)
+    assert bucket_quantile(0.99, (1.0, 2.0), [0, 0, 3]) == 2.0  # the overflow: the highest finite bound
+    assert math.isnan(bucket_quantile(0.5, (1.0, 2.0), [0, 0, 0]))
+    with pytest.raises(ValueError):
+        bucket_quantile(1.5, (1.0,), [1, 0])
+
+
+# --- computed families: the live inventory feed ------------------------------------------------------------
+
+
+def _inventory_stats(**changes):
+    from engine.inventory.state import LAG_BOUNDS, STAT_NAMES, InventoryStats
+
+    counters = dict.fromkeys(STAT_NAMES, 0) | {"applied_batches": 4, "applied_deltas": 9, "gaps": 1, "resyncs": 2, "lag_sum_ns": 6_000_000}
+    lag = [0] * (len(LAG_BOUNDS) + 1)
+    lag[1], lag[3] = 3, 1  # 3 batches within 1 ms, 1 within 5 ms
+    stats = InventoryStats(
+        status="synced", publisher="pub-1", epoch=7, seq=42, updated_at=1000.0, heartbeat_at=1003.0, writer_pid=1,
+        n_new=3, capacity=100, counters=counters, lag_buckets=lag,
+    )
+    return msgspec.structs.replace(stats, **changes)
+
+
+def test_inventory_families_render_the_hosts_figures_as_they_are(metrics: Metrics) -> None:
+    text = metrics.render(computed=inventory_families(_inventory_stats(), now=1010.0))
+    seen = parse(text)
+    assert value(seen, "aisle_inventory_status", status="synced") == 1
+    assert value(seen, "aisle_inventory_status", status="resyncing") == 0
+    assert value(seen, "aisle_inventory_publisher_info", publisher="pub-1") == 1
+    assert value(seen, "aisle_inventory_seq") == 42
+    assert value(seen, "aisle_inventory_last_update_age_seconds") == 10
+    assert value(seen, "aisle_inventory_heartbeat_age_seconds") == 7
+    assert value(seen, "aisle_inventory_applied_deltas_total") == 9
+    assert value(seen, "aisle_inventory_gaps_total") == 1 and value(seen, "aisle_inventory_resyncs_total") == 2
+    assert value(seen, "aisle_inventory_lag_seconds_count") == 4
+    assert value(seen, "aisle_inventory_lag_seconds_bucket", le="0.001") == 3
+    assert value(seen, "aisle_inventory_lag_seconds_sum") == pytest.approx(0.006)
+    assert value(seen, "aisle_inventory_new_skus") == 3
+    assert seen["aisle_inventory_gaps_total"]["type"] == "counter"
+
+
+def test_without_a_feed_no_inventory_family_is_rendered(metrics: Metrics) -> None:
+    assert not [name for name in parse(metrics.render()) if name.startswith("aisle_inventory")]
+
+
+def test_only_declared_computed_families_can_be_rendered(metrics: Metrics) -> None:
+    stray = Family("aisle_stray", "gauge", "Not declared as computed.")
+    with pytest.raises(ValueError, match="COMPUTED"):
+        metrics.render(computed=[(stray, [Computed((), 1.0)])])
+    lag = next(f for f in INVENTORY if f.kind == "histogram")
+    with pytest.raises(ValueError, match="bucket counts"):
+        metrics.render(computed=[(lag, [Computed((), 0.0, [1.0, 2.0])])])

@@ -224,9 +224,9 @@ def test_health_readiness_metrics_and_openapi(server: Server) -> None:
     server.recommend(surface="home", count=5)
     text = server.get("/metrics").body.decode()
     assert "# TYPE aisle_requests_total counter" in text
-    assert 'aisle_requests_total{surface="home",status="200",fallback="none"}' in text
+    assert 'aisle_requests_total{surface="home",status="200",fallback="none",variant="default"}' in text
     doc = server.get("/openapi.json").json()
-    assert set(doc["paths"]) >= {"/v1/recommendations", "/v1/events", "/healthz", "/readyz", "/metrics"}
+    assert set(doc["paths"]) >= {"/v1/recommendations", "/v1/events", "/healthz", "/readyz", "/metrics", "/status"}
 
 
 def _broken_copy(tiny_bundle: Path, root: Path, part: str) -> Path:

@@ -65,10 +65,13 @@ def generate(
     progress: Progress | None = None,
     *,
     overwrite: bool = False,
+    end: int | None = None,
 ) -> SynthSummary:
     """Generate the synthetic store `scale` (a name in SCALES or a Scale) with `seed` into `out`.
 
-    Same (scale, seed) → identical tables and truth; a different seed → a different store.
+    Same (scale, seed, end) → identical tables and truth; a different seed → a different store.
+    `end`: epoch seconds the event log ends at, floored to a whole UTC day (default: a fixed date,
+    visits.HORIZON_END); `aisle synth --end now` makes a store the simulator can continue.
     `out` must not exist or be empty unless `overwrite=True` (then it is replaced atomically).
     `progress(stage, done, total)` is called for stages catalog, shoppers, visits, sessions (done =
     sessions simulated), write (files), events (rows written), publish.
@@ -81,7 +84,9 @@ def generate(
     out = Path(out)
     writer.check_destination(out, overwrite)
     report = progress if progress is not None else (lambda stage, done, total: None)
-    start, end = horizon(spec.horizon_days)
+    # A store for the closed-loop simulator ends today (`end`), so the engine's live events follow
+    # its history without a gap; the default end keeps stores reproducible byte for byte.
+    start, end = horizon(spec.horizon_days, end)
 
     report("catalog", 0, 1)
     catalog = build_catalog(spec, seed, start, end)

@@ -44,9 +44,11 @@ class Visits:
         return len(self.user)
 
 
-def horizon(horizon_days: int) -> tuple[int, int]:
-    """(start, end) epoch seconds of the event log: `horizon_days` whole days ending at HORIZON_END."""
-    return HORIZON_END - horizon_days * DAY, HORIZON_END
+def horizon(horizon_days: int, end: int | None = None) -> tuple[int, int]:
+    """(start, end) epoch seconds of the event log: `horizon_days` whole days ending at `end`
+    (default HORIZON_END; else floored to a whole UTC day)."""
+    end = HORIZON_END if end is None else int(end) // DAY * DAY
+    return end - horizon_days * DAY, end
 
 
 def schedule_visits(
