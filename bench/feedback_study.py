@@ -81,7 +81,9 @@ def report(rounds: dict[str, list[dict]], meta: dict) -> str:
         "",
         "![catalog coverage by round](coverage.svg)",
         "",
-        "| arm | round | bundle | requests | CTR | purchases | revenue | impression Gini | coverage | distinct items |",
+        "![revenue by round](revenue.svg)",
+        "",
+        "| arm | round | bundle | requests | CTR (clicks / impression) | purchases | revenue | impression Gini | coverage | distinct items |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, rs in rounds.items():
@@ -97,7 +99,8 @@ def report(rounds: dict[str, list[dict]], meta: dict) -> str:
         lines.append(
             f"- {arm}: impression Gini {first[arm]['impression_gini']:.3f} → {last[arm]['impression_gini']:.3f}, "
             f"coverage {first[arm]['catalog_coverage']:.1%} → {last[arm]['catalog_coverage']:.1%}, "
-            f"CTR {first[arm]['ctr']:.4f} → {last[arm]['ctr']:.4f} over {len(rounds[arm])} rounds."
+            f"CTR {first[arm]['ctr']:.4f} → {last[arm]['ctr']:.4f}, revenue {first[arm]['revenue']:,.0f} → {last[arm]['revenue']:,.0f} "
+            f"over {len(rounds[arm])} rounds."
         )
     lines += ["", f"Reproduce: `{meta['environment'].get('command')}`", ""]
     return "\n".join(lines)
@@ -130,12 +133,21 @@ def main(argv: list[str]) -> int:
     meta = {"environment": environment(), "data": a.data, "rounds": a.rounds, "sessions": a.sessions, "seed": a.seed,
             "arms": ARMS}  # fmt: skip
     (out / "feedback.json").write_text(json.dumps({**meta, "results": rounds}, indent=2) + "\n")
-    (out / "gini.svg").write_text(line_chart("Impression Gini by round", {k: [r["impression_gini"] for r in v] for k, v in rounds.items()}, "Gini"))
-    (out / "coverage.svg").write_text(line_chart("Catalog coverage by round", {k: [r["catalog_coverage"] for r in v] for k, v in rounds.items()},
-                                                 "share of catalog shown", fmt="{:.0%}"))  # fmt: skip
-    (out / "report.md").write_text(report(rounds, meta))
+    write_outputs(out, rounds, meta)
     print((out / "report.md").read_text())
     return 0
+
+
+def write_outputs(out: Path, rounds: dict[str, list[dict]], meta: dict) -> None:
+    """report.md and the plots from the rounds (also: `python -c` over a kept feedback.json)."""
+
+    def series(key: str) -> dict[str, list[float]]:
+        return {arm: [r[key] for r in rs] for arm, rs in rounds.items()}
+
+    (out / "gini.svg").write_text(line_chart("Impression Gini by round", series("impression_gini"), "Gini"))
+    (out / "coverage.svg").write_text(line_chart("Catalog coverage by round", series("catalog_coverage"), "share of catalog shown", fmt="{:.0%}"))
+    (out / "revenue.svg").write_text(line_chart("Revenue by round", series("revenue"), "revenue", fmt="{:,.0f}"))
+    (out / "report.md").write_text(report(rounds, meta))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ def test_a_better_arm_is_detected_with_the_right_sign_and_an_interval_covering_t
     assert a.ctr.value == pytest.approx(a.clicks / a.requests)
     assert a.item_ctr.value == pytest.approx(a.clicks / a.items_shown)
     assert a.revenue_per_request.value == pytest.approx(a.revenue / a.requests)
+    assert a.revenue_per_unit.value == pytest.approx(a.revenue / a.units)
+    assert a.revenue_per_unit.ci_low is not None and a.revenue_per_unit.ci_low <= a.revenue_per_unit.value <= a.revenue_per_unit.ci_high
+    assert result.difference("exp:b", "revenue_per_unit").method == "poisson bootstrap"
     assert a.conversion.value == pytest.approx(a.purchasing_units / a.units)
     (e,) = result.experiments
     assert "exp:b beats exp:a" in e.verdict and "CTR" in e.verdict

@@ -15,6 +15,7 @@ Metrics per variant (attribution: `builder.experiments.logs`):
 | add_to_cart_rate | attributed add-to-carts / requests | delta method |
 | conversion | units with ≥ 1 attributed purchase / units | two-proportion z |
 | revenue_per_request | Σ price of attributed purchases / requests | Poisson bootstrap over units |
+| revenue_per_unit | Σ price of attributed purchases / units (per shopper: a variant that makes shoppers browse more pages is not penalised for its extra requests) | Poisson bootstrap over units |
 
 and, descriptive only: coverage (distinct SKUs served; share of those served by any variant),
 diversity (mean over slates of distinct leaf categories / items), impression concentration (Gini
@@ -40,13 +41,14 @@ from engine.experiments import DEFAULT, HOLDOUT
 from engine.settings import ExperimentSettings, Guardrails, Settings
 
 FORMAT_VERSION = 1
-METRICS: tuple[str, ...] = ("ctr", "item_ctr", "add_to_cart_rate", "conversion", "revenue_per_request")
+METRICS: tuple[str, ...] = ("ctr", "item_ctr", "add_to_cart_rate", "conversion", "revenue_per_request", "revenue_per_unit")
 METRIC_LABELS: dict[str, str] = {
     "ctr": "CTR",
     "item_ctr": "item CTR",
     "add_to_cart_rate": "add-to-cart rate",
     "conversion": "conversion",
     "revenue_per_request": "revenue per request",
+    "revenue_per_unit": "revenue per shopper",
 }
 SRM_P = 0.001  # a split this unlikely under the configured shares is a broken experiment, not chance
 DEFAULT_REPLICATES = 2000
@@ -86,6 +88,7 @@ class ArmMetrics(msgspec.Struct, frozen=True, kw_only=True):
     add_to_cart_rate: Estimate
     conversion: Estimate
     revenue_per_request: Estimate
+    revenue_per_unit: Estimate
     coverage: int  # distinct SKUs served
     coverage_share: float  # of the distinct SKUs served by all variants
     diversity: float | None  # mean share of distinct leaf categories per slate
@@ -206,6 +209,7 @@ class _Arm:
     purchases: np.ndarray
     revenue: np.ndarray
     revenue_reps: np.ndarray  # float64 [replicates]: bootstrap revenue per request
+    unit_revenue_reps: np.ndarray  # float64 [replicates]: bootstrap revenue per unit
 
 
 @dataclass
@@ -405,8 +409,9 @@ def _sum_units(label: str, rows: np.ndarray, sl: Slates, replicates: int, seed: 
     revenue = per_unit(sl.revenue[rows])
     # One stream per arm, keyed by its label: the replicates do not depend on which other arms exist.
     reps = stats.poisson_bootstrap(revenue, requests, replicates, np.random.SeedSequence([seed, zlib.crc32(label.encode())]))
+    unit_reps = stats.poisson_bootstrap(revenue, np.ones(n), replicates, np.random.SeedSequence([seed, zlib.crc32(label.encode()), 1]))
     return _Arm(label, rows, requests, per_unit(sl.n_items[rows]), per_unit(sl.clicks[rows]), per_unit(sl.carts[rows]),
-                per_unit(sl.purchases[rows]), revenue, reps)  # fmt: skip
+                per_unit(sl.purchases[rows]), revenue, reps, unit_reps)  # fmt: skip
 
 
 def _estimate(value: float, lo: float, hi: float) -> Estimate:
@@ -444,6 +449,7 @@ def _arm_metrics(arm: _Arm, sl: Slates, item_row: np.ndarray, alpha: float, shar
         add_to_cart_rate=_estimate(*stats.ratio_interval(arm.carts, arm.requests, alpha)),
         conversion=_estimate(*stats.proportion_interval(buyers, n_units, alpha)),
         revenue_per_request=_estimate(arm.revenue.sum() / requests if requests else math.nan, *stats.percentile_interval(arm.revenue_reps, alpha)),
+        revenue_per_unit=_estimate(arm.revenue.sum() / n_units if n_units else math.nan, *stats.percentile_interval(arm.unit_revenue_reps, alpha)),
         coverage=int((impressions > 0).sum()),
         coverage_share=float((impressions > 0).sum() / n_skus) if n_skus else 0.0,
         diversity=_f(float(diversity.mean())) if diversity.size else None,
@@ -479,6 +485,11 @@ def _differences(c: _Arm, t: _Arm, alpha: float) -> list[Difference]:
         "add_to_cart_rate": stats.compare_ratio(c.carts, c.requests, t.carts, t.requests, alpha),
         "conversion": stats.compare_proportions(buyers_c, len(c.requests), buyers_t, len(t.requests), alpha),
         "revenue_per_request": stats.compare_bootstrap(rpr_c, rpr_t, c.revenue_reps, t.revenue_reps, alpha),
+        "revenue_per_unit": stats.compare_bootstrap(
+            c.revenue.sum() / len(c.revenue) if len(c.revenue) else math.nan,
+            t.revenue.sum() / len(t.revenue) if len(t.revenue) else math.nan,
+            c.unit_revenue_reps, t.unit_revenue_reps, alpha,
+        ),
     }
     return [_difference(t.label, c.label, m, comparisons[m], alpha) for m in METRICS]
 
@@ -582,7 +593,7 @@ def _verdict(g: _Group, diffs: list[Difference], srm: SampleRatio | None, metric
         return line
     parts: list[str] = []
     for label in g.labels[1:]:
-        for metric in ("ctr", "revenue_per_request"):
+        for metric in ("ctr", "revenue_per_request", "revenue_per_unit"):
             d = next(x for x in diffs if x.variant == label and x.metric == metric)
             name = METRIC_LABELS[metric]
             if d.p_value is None or d.abs_diff is None:

@@ -20,6 +20,7 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "add_to_cart_rate": lambda v: f"{v:.4f}",
     "conversion": lambda v: f"{v:.2%}",
     "revenue_per_request": lambda v: f"{v:.3f}",
+    "revenue_per_unit": lambda v: f"{v:.2f}",
 }
 FOREST = "differences.svg"
 
