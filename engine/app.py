@@ -6,6 +6,12 @@ starts at load), compiles and warms every kernel, and only then reports ready. R
 work of a few milliseconds and run inline on the worker's event loop: one request at a time per
 worker, one worker per core.
 
+Experiment arms may pin other bundles (`VariantSettings.bundle`): each worker maps every pinned
+bundle once, next to `current`, assigns each request once (engine.experiments.Assigner) and hands
+the assignment to the recommender of the arm's bundle (`Engine.serving`). A pinned bundle stays
+when `current` moves; a worker that cannot open one does not serve at all (better than serving
+its shoppers another arm's bundle).
+
 After a recommendation's answer is sent, its slate is queued for the event log (impressions for
 experiment analysis); the answer never waits for it. Besides the bundle watcher, each worker runs
 a small bookkeeping loop (`Engine.keep_figures`): it copies the event log's per-process slate
@@ -36,6 +42,7 @@ from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotR
 from engine.eventlog import EventLog, EventLogError
 from engine.inventory.state import ItemState, StateError, Status, state_path
 from engine.context import RequestContext
+from engine.experiments import Assigner, Assignment, open_variant_bundle, variant_bundles
 from engine.metrics import CONTENT_TYPE, DRIFT_FEATURES, STATUSES, UNASSIGNED, Metrics, Totals, families_for, inventory_families
 from engine.openapi import openapi_document
 from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery, RecommendResponse
@@ -67,6 +74,10 @@ TICK_S = 1.0
 SAMPLE_EVERY_S = 5.0
 RATE_WINDOW_S = 60.0
 DRIFT_EVERY_S = 10.0
+# The inventory subscriber beats every state file it writes about ten times a second; a pinned
+# bundle's state not beaten for this long is no longer written (a subscriber that died, or one
+# started without the pin).
+PINNED_STATE_STALE_S = 10.0
 
 
 @dataclass(slots=True)
@@ -84,7 +95,12 @@ class Engine:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
-        self.recommender: Recommender | None = None
+        self.recommender: Recommender | None = None  # serves `current`
+        # Bundles pinned by experiment arms: build id → the arms' labels (from the settings), and
+        # the loaded recommender of each that is not the one `current` points at.
+        self.pins: dict[str, list[str]] = {}
+        self.pinned: dict[str, Recommender] = {}
+        self.assigner: Assigner | None = None
         self.events: EventLog | None = None
         self.metrics: Metrics | None = None
         self.problem = "starting"
@@ -110,23 +126,52 @@ class Engine:
         self.events = EventLog(
             state, half_life_s=s.events.half_life_s, recent_limit=s.events.recent_limit, slate_queue_limit=s.events.slate_queue_limit
         )
+        self.assigner = Assigner(s)
+        self.pins = variant_bundles(s)
         target = self.current_target()
         try:
-            recommender = self.load(target, s.verify_on_open)
+            recommender, pinned = self.prepare(target, s.verify_on_open)
         except BundleError as exc:
             self.problem = f"no servable bundle: {exc}"
             self.refused = target
             log.error("worker %d: %s", os.getpid(), self.problem)
             return
-        self.install(recommender, target)
+        self.install(recommender, target, pinned)
 
     def current_target(self) -> str:
         return os.path.realpath(Path(self.settings.bundles) / "current")  # type: ignore[union-attr]
 
+    def prepare(self, target: str, verify: str) -> tuple[Recommender, dict[str, Recommender]]:
+        """The recommender of `target` (the new `current`) and of every pinned bundle the worker
+        will lack once it serves `target` (all of them at start; none on a swap while serving: the
+        pinned ones stay, and the outgoing `current` is kept if an arm pins it). Raises
+        BundleError, naming the arm when a pinned bundle fails; touches no serving state."""
+        recommender = self.load(target, verify)
+        have = {recommender.build_id, *self.pinned}
+        if self.recommender is not None:
+            have.add(self.recommender.build_id)
+        pinned: dict[str, Recommender] = {}
+        try:
+            for build_id, labels in self.pins.items():
+                if build_id not in have:
+                    bundle = open_variant_bundle(Path(self.settings.bundles), build_id, labels, verify)  # type: ignore[union-attr, arg-type]
+                    pinned[build_id] = self.load_bundle(bundle)
+                    log.info("worker %d: serving bundle %s for %s", os.getpid(), build_id, ", ".join(labels))
+        except BaseException:
+            for loaded in (recommender, *pinned.values()):
+                loaded.close()
+            raise
+        return recommender, pinned
+
     def load(self, target: str, verify: str) -> Recommender:
         """Open, verify, load and warm a bundle. Raises BundleError; touches no serving state, so
         it can run in a thread while the current bundle keeps serving."""
-        bundle = open_bundle(Path(target), verify=verify)  # type: ignore[arg-type]
+        return self.load_bundle(open_bundle(Path(target), verify=verify))  # type: ignore[arg-type]
+
+    def load_bundle(self, bundle: Bundle) -> Recommender:
+        """A warmed recommender over an opened bundle, with its live item state when the feed is on
+        (waited for, bounded: the host's subscriber keeps the state of `current` and of every
+        pinned bundle)."""
         recommender = Recommender(bundle, self.settings, self.events)  # type: ignore[arg-type]
         if self.settings.inventory.enabled:  # type: ignore[union-attr]
             state = self.wait_for_inventory(bundle)
@@ -155,14 +200,24 @@ class Engine:
                 return None
             time.sleep(0.1)
 
-    def install(self, recommender: Recommender, target: str) -> None:
+    def install(self, recommender: Recommender, target: str, pinned: dict[str, Recommender] | None = None) -> None:
         """Switch to `recommender` between two requests (this runs on the event loop, and requests
-        run to completion on it, so no request straddles the switch), then release the old one."""
+        run to completion on it, so no request straddles the switch), then release the old one,
+        unless an arm pins it: then it keeps serving that arm. A pinned copy of the new `current`
+        is released too (the arm is served by `current` while they are the same build)."""
         old, self.recommender = self.recommender, recommender
+        self.pinned.update(pinned or {})
         self.root, self.loaded_at, self.problem, self.refused = target, time.time(), "", None
+        retired = [self.pinned.pop(recommender.build_id)] if recommender.build_id in self.pinned else []
         if old is not None:
-            old.close()
+            if old.build_id in self.pins and old.build_id != recommender.build_id and old.build_id not in self.pinned:
+                self.pinned[old.build_id] = old
+                log.info("worker %d: %s stays for %s", os.getpid(), old.build_id, ", ".join(self.pins[old.build_id]))
+            else:
+                retired.append(old)
             log.info("worker %d: now serving %s (was %s)", os.getpid(), recommender.build_id, old.build_id)
+        for done in retired:
+            done.close()
         report = recommender.load_report
         for part, why in (("ranker", report.ranker), ("index", report.index), ("tower", report.tower), ("snapshot", report.snapshot)):
             if why:
@@ -181,9 +236,11 @@ class Engine:
             if target in (self.root, self.refused):
                 continue
             try:
-                recommender = await asyncio.to_thread(self.load, target, self.settings.verify_on_swap)  # type: ignore[union-attr]
+                recommender, pinned = await asyncio.to_thread(self.prepare, target, self.settings.verify_on_swap)  # type: ignore[union-attr]
             except BundleError as exc:
                 self.refused = target
+                if self.recommender is None:
+                    self.problem = f"no servable bundle: {exc}"
                 log.error("worker %d: not switching to %s: %s", os.getpid(), target, exc)
                 if self.metrics is not None:
                     self.metrics.inc("aisle_bundle_swaps_total", outcome="refused")
@@ -192,9 +249,24 @@ class Engine:
                 self.refused = target
                 log.exception("worker %d: loading %s failed", os.getpid(), target)
                 continue
-            self.install(recommender, target)
+            self.install(recommender, target, pinned)
             if self.metrics is not None:
                 self.metrics.inc("aisle_bundle_swaps_total", outcome="swapped")
+
+    def serving(self, user_id: str | None, session_id: str | None) -> tuple[Recommender, Assignment]:
+        """The request's arm (assigned here, once) and the recommender that answers it: the one of
+        the arm's pinned bundle, else `current`'s."""
+        rec, assigner = self.recommender, self.assigner
+        if rec is None or assigner is None:
+            raise NotReady(self.problem or "no bundle loaded", retry_after=5)
+        arm = assigner.assign(user_id, session_id)
+        wanted = arm.variant.bundle if arm.variant is not None else None
+        if wanted is None or wanted == rec.build_id:
+            return rec, arm
+        pinned = self.pinned.get(wanted)
+        if pinned is None:  # unreachable while install keeps every pin loaded; never another arm's bundle
+            raise NotReady(f"variant {arm.label}: bundle {wanted} is not loaded", retry_after=5)
+        return pinned, arm
 
     # -- figures -----------------------------------------------------------------------------
     async def keep_figures(self) -> None:
@@ -263,8 +335,20 @@ class Engine:
             return []
         r = rec.load_report
         parts = [(part, why) for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
-        if self.settings is not None and self.settings.inventory.enabled and rec.view.inventory is None:
+        live = self.settings is not None and self.settings.inventory.enabled
+        if live and rec.view.inventory is None:
             parts.append(("live inventory", "no synced item state: serving the bundle's stock flags"))
+        now = time.time()
+        for build_id, pinned in self.pinned.items():
+            where = f"of variant bundle {build_id}"
+            r = pinned.load_report
+            parts += [(f"{part} {where}", why) for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+            state = pinned.view.inventory
+            if live and state is None:
+                parts.append((f"live inventory {where}", "no synced item state for it: serving its own stock flags"))
+            elif live and state is not None and now - state.heartbeat_at > PINNED_STATE_STALE_S:
+                parts.append((f"live inventory {where}", f"its item state has not been written for {now - state.heartbeat_at:.0f}s "
+                              "(is the inventory subscriber following it?): serving stock as of then"))
         return parts
 
     def publish_bundle(self) -> None:
@@ -417,8 +501,8 @@ class App:
         return decode_body(await _read_body(scope, receive, rec.settings.limits.max_body_bytes), rec.settings)
 
     def _recommend(self, query: RecommendQuery, request_id: str) -> Served:
-        rec = self._recommender()
-        response, ctx = rec.run(query, request_id=request_id)
+        rec, arm = self.engine.serving(query.user_id, query.session_id)
+        response, ctx = rec.run(query, request_id=request_id, assignment=arm)
         m = self.engine.metrics
         if m is not None:
             for stage in STAGES:
@@ -472,9 +556,12 @@ class App:
         rec = self.engine.recommender
         if rec is None:
             return 503, JSON.encode(Health("not_ready", None, os.getpid(), self.engine.problem)), [*JSON_HEADERS, (b"retry-after", b"5")]
-        degraded = [part for part, _ in self.engine.degraded()]
-        detail = ("degraded: " + ", ".join(degraded) + " unavailable") if degraded else ""
-        return 200, JSON.encode(Health("ready", rec.build_id, os.getpid(), detail)), JSON_HEADERS
+        engine = self.engine
+        degraded = [part for part, _ in engine.degraded()]
+        notes = ["variant bundles: " + ", ".join(f"{b} ({', '.join(engine.pins[b])})" for b in engine.pinned)] if engine.pinned else []
+        if degraded:
+            notes.append("degraded: " + ", ".join(degraded) + " unavailable")
+        return 200, JSON.encode(Health("ready", rec.build_id, os.getpid(), "; ".join(notes))), JSON_HEADERS
 
     def _metrics_text(self) -> tuple[int, bytes, list]:
         m = self.engine.metrics

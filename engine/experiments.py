@@ -13,13 +13,21 @@ session id (an anonymous shopper keeps one arm for the session), else there is n
 Requests with neither id are not in any experiment (label "default"). A shopper who signs in
 mid-session changes unit (session → user) and may change arm: analysis counts units, and the
 slate log records the unit of every request.
+
+A variant may name another bundle (`VariantSettings.bundle`, a build id under the bundle root):
+`variant_bundles` lists them and `open_variant_bundle` opens one, for `aisle serve`'s check before
+the workers start and for each worker's load. Which bundle answers an arm is decided once per
+request by the worker (engine.app.Engine.serving), from the assignment made here.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
+from artifacts.bundle import Bundle, Verify, open_bundle
+from artifacts.errors import BundleCorruptError, BundleError
 from engine.settings import ExperimentSettings, Settings, VariantSettings
 
 TRAFFIC_SALT = "aisle-traffic"
@@ -75,3 +83,31 @@ class Assigner:
                 chosen = v
                 break
         return Assignment(f"{e.name}:{chosen.name}", e, chosen, key, chosen.weight / total)
+
+
+def variant_bundles(settings: Settings) -> dict[str, list[str]]:
+    """The bundles experiment arms pin: build id → the labels ("experiment:variant") of the arms
+    it serves, in settings order."""
+    pinned: dict[str, list[str]] = {}
+    for e in settings.experiments:
+        for v in e.variants:
+            if v.bundle is not None:
+                pinned.setdefault(v.bundle, []).append(f"{e.name}:{v.name}")
+    return pinned
+
+
+def open_variant_bundle(root: Path, build_id: str, labels: list[str], verify: Verify) -> Bundle:
+    """Open and verify `<root>/<build_id>` for the arms `labels`. Raises BundleError (of the same
+    kind as open_bundle's: newer format vs corrupt) whose message names the arms: an arm must never
+    be served silently by another bundle."""
+    arms = ", ".join(labels)
+    try:
+        bundle = open_bundle(Path(root) / build_id, verify=verify)
+    except BundleError as exc:
+        raise type(exc)(f"experiment variant {arms}: bundle {build_id!r} cannot be served: {exc}") from exc
+    if bundle.build_id != build_id:
+        raise BundleCorruptError(
+            f"experiment variant {arms}: {bundle.root} holds build {bundle.build_id!r}, not {build_id!r} "
+            "(a renamed or copied directory); name the variant's bundle by its build id"
+        )
+    return bundle

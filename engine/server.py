@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from artifacts.bundle import open_bundle
+from engine.experiments import open_variant_bundle, variant_bundles
 from engine.settings import SETTINGS_ENV, Settings, dump
 
 SINGLE_THREAD_ENV = {
@@ -25,8 +26,11 @@ SINGLE_THREAD_ENV = {
 
 def serve(settings: Settings) -> None:
     # Refuse to start on a bundle that does not verify: better a clear error at start than
-    # workers that come up not ready.
+    # workers that come up not ready. The same for every bundle an experiment arm pins (the error
+    # names the arm): its shoppers must not be served another arm's bundle.
     open_bundle(Path(settings.bundles) / "current", verify=settings.verify_at_start)  # type: ignore[arg-type]
+    for build_id, labels in variant_bundles(settings).items():
+        open_variant_bundle(Path(settings.bundles), build_id, labels, settings.verify_at_start)  # type: ignore[arg-type]
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     settings_file = state / f"settings-{os.getpid()}.json"
@@ -67,8 +71,8 @@ def serve(settings: Settings) -> None:
 
 def _start_subscriber(settings: Settings) -> subprocess.Popen:
     """One inventory subscriber per host, in its own process (its own GIL, no ZeroMQ context
-    carried across Granian's worker fork). It follows `current` and keeps the state file of the
-    served bundle in step with the publisher; workers map that file read-only."""
+    carried across Granian's worker fork). It follows `current`, and every bundle an experiment
+    arm pins, and keeps their state files in step with the publisher; workers map them read-only."""
     inv = settings.inventory
     cmd = [
         sys.executable, "-m", "engine.inventory.subscriber",
@@ -76,4 +80,6 @@ def _start_subscriber(settings: Settings) -> subprocess.Popen:
         "--updates", inv.updates_endpoint, "--snapshot", inv.snapshot_endpoint,
         "--capacity", str(inv.capacity), "--text-dim", str(inv.text_dim),
     ]
+    for build_id in variant_bundles(settings):
+        cmd += ["--pin", build_id]
     return subprocess.Popen(cmd)

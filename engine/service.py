@@ -2,6 +2,11 @@
 
 `Recommender` owns one bundle's serving view and the stage objects; `decode_query` turns a raw
 query string into a validated RecommendQuery. Both raise engine.errors.ApiError subclasses only.
+
+A Recommender always answers from its own bundle, with the knobs of the request's experiment arm.
+When arms pin other bundles (`VariantSettings.bundle`), the worker holds one Recommender per
+bundle, assigns the request once and hands the assignment to the one that serves the arm
+(engine.app.Engine.serving).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from engine.fresh import FreshItems
 from engine.inventory.state import ItemState
 from engine.eventlog import EventLog
 from engine.schemas import RecommendedItem, RecommendQuery, RecommendResponse
-from engine.experiments import Assigner
+from engine.experiments import Assigner, Assignment
 from engine.settings import Settings, with_variant
 from engine.shopper import Shopper
 from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
@@ -185,11 +190,11 @@ class Recommender:
         self.items = bundle.items  # SKU ↔ row
         self.resolve = ResolveShopper(self.view, live, settings.limits.max_recent_items)
         self.stages = self._stages(settings)
-        # Each experiment variant runs the same stages with its own settings over the same view.
+        # Each experiment variant runs the same stages with its own settings over the same view
+        # (stage objects hold settings and references, no arrays of their own).
         self.assigner = Assigner(settings)
-        self.variant_stages = {
-            f"{e.name}:{v.name}": self._stages(with_variant(settings, v)) for e in settings.experiments for v in e.variants
-        }
+        self.variant_settings = {f"{e.name}:{v.name}": with_variant(settings, v) for e in settings.experiments for v in e.variants}
+        self.variant_stages = {label: self._stages(vs) for label, vs in self.variant_settings.items()}
         self.explain = Explain(self.view)
         vocab = bundle.vocab
         self.region_code = {name: code for code, name in enumerate(vocab.regions) if name}
@@ -267,12 +272,16 @@ class Recommender:
         return ctx
 
     # -- the pipeline ------------------------------------------------------------------------
-    def run(self, q: RecommendQuery, request_id: str | None = None, now: float | None = None) -> tuple[RecommendResponse, RequestContext]:
+    def run(
+        self, q: RecommendQuery, request_id: str | None = None, now: float | None = None, assignment: Assignment | None = None
+    ) -> tuple[RecommendResponse, RequestContext]:
+        """Answer `q` from this bundle. `assignment`: the request's arm when the caller already
+        assigned it (the worker does, to pick the bundle); None = assign it here."""
         started = time.perf_counter()
         ctx = self.context(q, now)
         ctx.started = started
         timed(self.resolve, ctx, q.user_id, self._rows(q.recent) if q.recent else None)
-        arm = self.assigner.assign(q.user_id, q.session_id)
+        arm = assignment if assignment is not None else self.assigner.assign(q.user_id, q.session_id)
         ctx.variant, ctx.unit, ctx.arm_share = arm.label, arm.unit, arm.arm_share
         for stage in self.variant_stages.get(ctx.variant, self.stages):
             timed(stage, ctx)
@@ -286,7 +295,7 @@ class Recommender:
             for sku, score, (source, reason) in zip(skus, scores, self.explain(ctx, selected, ctx.explored))
         ]
         if self.fresh is not None and ctx.offset == 0 and ctx.given is None:
-            items = self._with_fresh(q, ctx, items)
+            items = self._with_fresh(q, ctx, items, self.variant_settings.get(ctx.variant, self.settings))
         end = ctx.offset + ctx.count
         more = len(items) == ctx.count and end < self.settings.limits.max_cursor_offset
         response = RecommendResponse(
@@ -313,9 +322,10 @@ class Recommender:
         rows, _ = self.view.index.search(np.asarray(state.vector[new_row - state.n_base], dtype=np.float32), 1)
         return int(rows[0]) if len(rows) else -1
 
-    def _with_fresh(self, q: RecommendQuery, ctx: RequestContext, items: list[RecommendedItem]) -> list[RecommendedItem]:
-        """Put SKUs that arrived since the build into the first exploration slots of the first page."""
-        rr = self.settings.rerank
+    def _with_fresh(self, q: RecommendQuery, ctx: RequestContext, items: list[RecommendedItem], settings: Settings) -> list[RecommendedItem]:
+        """Put SKUs that arrived since the build into the first exploration slots of the first page
+        (the arm's slots: an arm without exploration gets no fresh SKUs either)."""
+        rr = settings.rerank
         slots = sorted(s for s in rr.explore_slots if s < ctx.count)[: rr.fresh_slots]
         if not slots:
             return items

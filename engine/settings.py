@@ -165,6 +165,11 @@ class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     home: list[SourceSpec] | None = None  # the surface's sources
     pdp: list[SourceSpec] | None = None
     cart: list[SourceSpec] | None = None
+    # Another bundle for this arm: a build id, i.e. a directory name under `bundles`
+    # ("20261122T061026Z-b0a64b33"). None = the bundle `current` points at. A named bundle is
+    # pinned: it keeps serving this arm when `current` moves, and `aisle serve` refuses to start
+    # if it does not open. Each worker maps it once (pages shared through the page cache).
+    bundle: str | None = None
 
 
 class Guardrails(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -347,8 +352,19 @@ def _experiment_problems(settings: Settings) -> list[str]:
         for v in e.variants:
             if not v.weight > 0:
                 problems.append(f"{where}.{v.name}.weight must be > 0, got {v.weight}")
+            if v.bundle is not None and not _is_build_id(v.bundle):
+                problems.append(
+                    f"{where}.{v.name}.bundle must be a build id (a directory name under `bundles`, "
+                    f"without '/', not hidden, not 'current'), got {v.bundle!r}; leave it out to serve `current`"
+                )
             try:
                 validate(with_variant(settings, v))
             except SettingsError as exc:
                 problems.append(f"{where}.{v.name}: {exc}")
     return problems
+
+
+def _is_build_id(name: str) -> bool:
+    """A plain directory name under the bundle root: no path (so no escape from the root), not
+    '.', '..' or a hidden staging directory, not the `current` pointer (a variant pins a build)."""
+    return bool(name) and "/" not in name and "\x00" not in name and not name.startswith(".") and name != "current"

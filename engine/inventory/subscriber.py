@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -340,41 +340,61 @@ def follow(
     check_s: float = 1.0,
     sync_timeout_s: float = 30.0,
     name: str | None = None,
+    pinned: Sequence[str] = (),
 ) -> None:
-    """Keep the state of whatever `<bundles>/current` points at in step with the publisher.
+    """Keep the state of whatever `<bundles>/current` points at in step with the publisher, and
+    the state of every bundle an experiment arm pins (`pinned`: build ids under `bundles`), so an
+    arm served from another bundle never shows what has sold out.
 
     When `current` moves, create the new build's state file (from the new bundle), start a second
-    subscriber on it, wait until it is synced (or `sync_timeout_s`), then stop the old one. State
-    files of builds other than the current and the previous one are deleted (unlinking is safe
-    while workers still map them)."""
+    subscriber on it, wait until it is synced (or `sync_timeout_s`), then stop the old one unless an
+    arm pins it. State files of builds other than the current, the previous and the pinned ones are
+    deleted (unlinking is safe while workers still map them). A pinned bundle that cannot be
+    opened is retried every `check_s` (the engine's start already refused one that is missing)."""
+    pins = set(pinned)
+    runs: dict[str, _Running] = {}  # build id → its subscriber: the pinned ones and the current one
     running: _Running | None = None
+
+    def start(root: Path) -> _Running:
+        bundle = open_bundle(root, verify="sizes")
+        state = ItemState.create(state_path(state_dir, bundle.build_id), bundle, capacity, text_dim=text_dim)
+        sub = Subscriber(state, bundle.items, updates_endpoint, snapshot_endpoint, bundle=bundle, name=name, embed=make_embedder(bundle))
+        run = _Running(root, bundle, state, sub)
+        run.thread.start()
+        runs[bundle.build_id] = run
+        return run
+
     try:
         while not stop.is_set():
+            for build_id in sorted(pins - set(runs)):
+                try:
+                    start(Path(bundles) / build_id)
+                    log.info("inventory: following pinned bundle %s", build_id)
+                except (BundleError, StateError, OSError) as exc:
+                    log.error("inventory: cannot follow pinned bundle %s: %s", build_id, exc)
             try:
                 root = resolve(Path(bundles))
                 if running is None or root != running.root:
-                    bundle = open_bundle(root, verify="sizes")
-                    state = ItemState.create(state_path(state_dir, bundle.build_id), bundle, capacity, text_dim=text_dim)
-                    sub = Subscriber(
-                        state, bundle.items, updates_endpoint, snapshot_endpoint, bundle=bundle, name=name, embed=make_embedder(bundle)
-                    )
-                    fresh = _Running(root, bundle, state, sub)
-                    fresh.thread.start()
+                    fresh = runs.get(root.name) if root.name in pins else None  # already kept, by its pin
+                    if fresh is None:
+                        fresh = start(root)
                     if running is not None:
                         deadline = time.monotonic() + sync_timeout_s
-                        while not stop.is_set() and time.monotonic() < deadline and not sub.synced.wait(0.1):
+                        while not stop.is_set() and time.monotonic() < deadline and not fresh.sub.synced.wait(0.1):
                             pass
                         previous = state_path(state_dir, running.bundle.build_id)
-                        running.end()
-                        _prune(state_dir, keep={fresh.state.path.name, previous.name})
+                        if running.bundle.build_id not in pins:
+                            runs.pop(running.bundle.build_id, None)
+                            running.end()
+                        _prune(state_dir, keep={fresh.state.path.name, previous.name, *(state_path(state_dir, b).name for b in pins)})
                     running = fresh
-                    log.info("inventory: following bundle %s (%s)", bundle.build_id, state.path)
+                    log.info("inventory: following bundle %s (%s)", fresh.bundle.build_id, fresh.state.path)
             except (BundleError, StateError, OSError) as exc:
                 log.error("inventory: cannot follow %s: %s", bundles, exc)
             stop.wait(check_s)
     finally:
-        if running is not None:
-            running.end()
+        for run in runs.values():
+            run.end()
 
 
 def _prune(state_dir: Path, keep: set[str]) -> None:
@@ -393,12 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help=f"new-SKU rows per state file (default: {DEFAULT_CAPACITY})")
     p.add_argument("--text-dim", type=int, default=0, help="width of new SKUs' text embeddings to keep (default: 0, none)")
     p.add_argument("--name", default=None, help="subscriber name in the publisher's log (default: host:pid)")
+    p.add_argument("--pin", action="append", default=[], metavar="BUILD_ID",
+                   help="also keep the state of this bundle (an experiment arm serves it); repeatable")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    follow(Path(args.bundles), Path(args.state_dir), args.updates, args.snapshot, stop, capacity=args.capacity, text_dim=args.text_dim, name=args.name)
+    follow(Path(args.bundles), Path(args.state_dir), args.updates, args.snapshot, stop, capacity=args.capacity, text_dim=args.text_dim,
+           name=args.name, pinned=args.pin)  # fmt: skip
     return 0
 
 
