@@ -1,6 +1,8 @@
 """The ASGI application Granian runs in every worker process.
 
 Plain ASGI (no framework): seven routes, msgspec bodies, one place that maps errors to responses.
+API keys (engine/auth.py) guard the events, status and (optionally) metrics and recommendation
+routes; /healthz, /readyz and /openapi.json stay open for load balancers and tooling.
 Startup (the lifespan event) opens `<bundles>/current`, loads what it can (the degradation ladder
 starts at load), compiles and warms every kernel, and only then reports ready. Requests are CPU
 work of a few milliseconds and run inline on the worker's event loop: one request at a time per
@@ -30,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 import msgspec
 import numpy as np
@@ -38,6 +40,7 @@ import numpy as np
 from artifacts.bundle import Bundle, open_bundle
 from artifacts.errors import BundleError
 from artifacts.featurespec import SOURCE_NAMES
+from engine.auth import Guard
 from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
 from engine.eventlog import EventLog, EventLogError
 from engine.inventory.state import ItemState, StateError, Status, state_path
@@ -101,6 +104,7 @@ class Engine:
         self.pins: dict[str, list[str]] = {}
         self.pinned: dict[str, Recommender] = {}
         self.assigner: Assigner | None = None
+        self.guard: Guard | None = None  # API keys per endpoint (engine/auth.py), from the settings at start
         self.events: EventLog | None = None
         self.metrics: Metrics | None = None
         self.problem = "starting"
@@ -119,6 +123,7 @@ class Engine:
         if self.settings is None:
             self.settings = from_environment()
         s = self.settings
+        self.guard = Guard(s.security)
         state = Path(s.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         # The catalogue takes the experiment arms from the settings; every worker has the same.
@@ -412,11 +417,13 @@ class App:
         try:
             if path == "/v1/recommendations":
                 _allow(method, "GET", "POST")
+                self._admit(scope, "reads")
                 query = await self._query(scope, receive, method)
                 served = self._recommend(query, request_id)
                 status, body, headers = 200, JSON.encode(served.response), JSON_HEADERS
             elif path == "/v1/events":
                 _allow(method, "POST")
+                self._admit(scope, "writes")
                 status, body, headers = await self._events(scope, receive)
             elif path == "/healthz":
                 _allow(method, "GET")
@@ -426,9 +433,11 @@ class App:
                 status, body, headers = self._ready()
             elif path == "/metrics":
                 _allow(method, "GET")
+                self._admit(scope, "metrics")
                 status, body, headers = self._metrics_text()
             elif path == "/status":
                 _allow(method, "GET")
+                self._admit(scope, "writes")
                 status, body, headers = self._status_page()
             elif path == "/openapi.json":
                 _allow(method, "GET")
@@ -436,7 +445,7 @@ class App:
             else:
                 raise NotFound(f"no route {path}; see /openapi.json")
         except ApiError as exc:
-            status, body, headers = exc.status, JSON.encode(ErrorBody(exc.kind, exc.detail)), list(JSON_HEADERS)
+            status, body, headers = exc.status, JSON.encode(ErrorBody(exc.kind, exc.detail)), [*JSON_HEADERS, *exc.headers]
             if exc.retry_after is not None:
                 headers.append((b"retry-after", str(exc.retry_after).encode()))
         except Exception:  # never a traceback on the wire; the log has it
@@ -484,6 +493,13 @@ class App:
             engine.slate_failures += 1
 
     # -- routes ----------------------------------------------------------------------------------
+    def _admit(self, scope: Scope, endpoint: Literal["reads", "writes", "metrics"]) -> None:
+        """401 unless the request carries a key this endpoint's ring admits (open rings admit all)."""
+        guard = self.engine.guard
+        if guard is None:  # the worker did not start: its keys are unknown, so nothing is admitted
+            raise NotReady(self.engine.problem or "starting", retry_after=5)
+        guard.require(getattr(guard, endpoint), scope.get("headers", ()))
+
     def _recommender(self) -> Recommender:
         rec = self.engine.recommender
         if rec is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 class ApiError(Exception):
     status = 500
     kind = "internal"
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # extra response headers this kind of error carries
 
     def __init__(self, detail: str, retry_after: int | None = None) -> None:
         super().__init__(detail)
@@ -17,6 +18,11 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, kind = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, kind = 401, "unauthorized"
+    headers = ((b"www-authenticate", b"Bearer"),)
 
 
 class NotFound(ApiError):

@@ -36,6 +36,22 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
 
 
+# API keys (engine/auth.py): either scheme carries the same key. Which endpoints need one depends on
+# the settings (an empty key list leaves them open); the document states the protected setup.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key from security.api_keys (or read_keys for recommendations)"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the same key, in its own header"},
+}
+KEYED = [{"bearer": []}, {"apiKey": []}]
+# Recommendations need a key only when security.read_keys is set: the empty requirement says "or none".
+KEYED_OR_OPEN = [*KEYED, {}]
+UNAUTHORIZED = "missing or unknown API key (WWW-Authenticate: Bearer)"
+
+
+def _keyed(operation: dict, security: list[dict]) -> dict:
+    return {**operation, "security": security, "responses": {**operation["responses"], "401": _error(UNAUTHORIZED)}}
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> bytes:
     (query, *_), components = msgspec.json.schema_components(
@@ -62,7 +78,7 @@ def openapi_document() -> bytes:
         "info": {"title": "Aisle", "version": "1", "description": "Recommendations for storefronts: home, pdp, cart."},
         "paths": {
             "/v1/recommendations": {
-                "get": {
+                "get": _keyed({
                     "summary": "Recommendations for one surface",
                     "parameters": parameters,
                     "responses": {
@@ -73,8 +89,8 @@ def openapi_document() -> bytes:
                         "422": _error("invalid value"),
                         "503": _error("no bundle loaded yet"),
                     },
-                },
-                "post": {
+                }, KEYED_OR_OPEN),
+                "post": _keyed({
                     "summary": "The same, with the query as a JSON body (lists as arrays): for re-ranking long candidate lists",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecommendQuery"}}}},
                     "responses": {
@@ -86,10 +102,10 @@ def openapi_document() -> bytes:
                         "422": _error("invalid value"),
                         "503": _error("no bundle loaded yet"),
                     },
-                },
+                }, KEYED_OR_OPEN),
             },
             "/v1/events": {
-                "post": {
+                "post": _keyed({
                     "summary": "A batch of shopper events",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatch"}}}},
                     "responses": {
@@ -99,14 +115,16 @@ def openapi_document() -> bytes:
                         "415": _error("not application/json"),
                         "503": _error("not ready"),
                     },
-                }
+                }, KEYED)
             },
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok("Health", "alive")}}},
-            "/readyz": {"get": {"summary": "readiness (bundle loaded, kernels warm)", "responses": {"200": ok("Health", "ready"), "503": ok("Health", "not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics, summed across workers", "responses": {"200": {"description": "text/plain exposition format 0.0.4"}}}},
-            "/status": {"get": {"summary": "status page for people: bundle, live inventory, request rates and latency, drift, experiments (HTML, no-store, no external assets)",
-                                "responses": {"200": {"description": "text/html"}}}},
+            "/healthz": {"get": {"summary": "liveness (never needs a key)", "security": [], "responses": {"200": ok("Health", "alive")}}},
+            "/readyz": {"get": {"summary": "readiness (bundle loaded, kernels warm; never needs a key)", "security": [],
+                                "responses": {"200": ok("Health", "ready"), "503": ok("Health", "not ready")}}},
+            "/metrics": {"get": _keyed({"summary": "Prometheus metrics, summed across workers (keyed when security.protect_metrics)",
+                                        "responses": {"200": {"description": "text/plain exposition format 0.0.4"}}}, KEYED_OR_OPEN)},
+            "/status": {"get": _keyed({"summary": "status page for people: bundle, live inventory, request rates and latency, drift, experiments (HTML, no-store, no external assets)",
+                                       "responses": {"200": {"description": "text/html"}}}, KEYED)},
         },
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
     return msgspec.json.encode(doc)

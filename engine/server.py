@@ -7,6 +7,7 @@ worker (STACK-NOTES pitfall 19): with one worker per core, extra threads only co
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from artifacts.bundle import open_bundle
 from engine.experiments import open_variant_bundle, variant_bundles
 from engine.settings import SETTINGS_ENV, Settings, dump
+
+log = logging.getLogger("aisle.engine")
 
 SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -31,9 +34,16 @@ def serve(settings: Settings) -> None:
     open_bundle(Path(settings.bundles) / "current", verify=settings.verify_at_start)  # type: ignore[arg-type]
     for build_id, labels in variant_bundles(settings).items():
         open_variant_bundle(Path(settings.bundles), build_id, labels, settings.verify_at_start)  # type: ignore[arg-type]
+    if not settings.security.api_keys:
+        # Once, here, not per worker: an open write path is fine on a laptop, never in a fleet.
+        log.warning("security.api_keys is empty: POST /v1/events and /status are open to anyone who can reach "
+                    "%s:%d; set API keys in the settings before exposing this server", settings.server.host, settings.server.port)
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     settings_file = state / f"settings-{os.getpid()}.json"
+    # The settings hold the API keys: readable by this user only, from before the first byte.
+    settings_file.touch(mode=0o600)
+    settings_file.chmod(0o600)
     dump(settings, settings_file)
     os.environ[SETTINGS_ENV] = str(settings_file.resolve())
     for key, value in SINGLE_THREAD_ENV.items():

@@ -148,6 +148,15 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backlog: int = 1024
 
 
+class SecuritySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # API keys (engine/auth.py), sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; each at
+    # least 16 printable ASCII characters without spaces, no key listed twice. Keys are compared
+    # in constant time and never logged or echoed.
+    api_keys: list[str] = []  # may write events and read /status (and /metrics); empty: writes open (local use; `aisle serve` warns)
+    read_keys: list[str] = []  # non-empty: recommendations need one of these or of api_keys; empty: reads open
+    protect_metrics: bool = False  # true: /metrics needs one of api_keys too (/healthz, /readyz, /openapi.json stay open)
+
+
 class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One arm of an experiment: a name, its share of the experiment's traffic, and the pipeline
     knobs it changes (unset = the served settings)."""
@@ -216,6 +225,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: EventSettings = EventSettings()
     inventory: InventorySettings = InventorySettings()
     drift: DriftSettings = DriftSettings()
+    security: SecuritySettings = SecuritySettings()
     holdout: float = 0.0  # share of shoppers kept out of every experiment (served the settings above)
     experiments: list[ExperimentSettings] = []
 
@@ -242,6 +252,7 @@ def validate(settings: Settings) -> Settings:
     if not 1 <= lim.default_count <= lim.max_count:
         problems.append("limits.default_count must be in [1, limits.max_count]")
     problems += _experiment_problems(settings)
+    problems += _security_problems(settings.security)
     d = settings.drift
     if not 0 <= d.sample_rate <= 1:
         problems.append("drift.sample_rate must be in [0, 1]")
@@ -361,6 +372,30 @@ def _experiment_problems(settings: Settings) -> list[str]:
                 validate(with_variant(settings, v))
             except SettingsError as exc:
                 problems.append(f"{where}.{v.name}: {exc}")
+    return problems
+
+
+MIN_KEY_LENGTH = 16
+
+
+def _security_problems(sec: SecuritySettings) -> list[str]:
+    """Problems with the API keys, naming a key by its list and position, never by its value
+    (settings errors end up in logs)."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for name, keys in (("api_keys", sec.api_keys), ("read_keys", sec.read_keys)):
+        for i, key in enumerate(keys):
+            where = f"security.{name}[{i}]"
+            if len(key) < MIN_KEY_LENGTH:
+                problems.append(f"{where} has {len(key)} characters; a key needs at least {MIN_KEY_LENGTH}")
+            if not all("!" <= c <= "~" for c in key):
+                problems.append(f"{where} must be printable ASCII without spaces")
+            if key in seen:
+                problems.append(f"{where} repeats {seen[key]}; list each key once")
+            else:
+                seen[key] = where
+    if sec.protect_metrics and not sec.api_keys:
+        problems.append("security.protect_metrics needs at least one key in security.api_keys")
     return problems
 
 
