@@ -117,7 +117,7 @@ def run_demo(scale: str, workdir: Path, seed: int = 7, rebuild: bool = False, po
             f"  curl '{base}/v1/recommendations?surface=cart&cart={last}'\n"
             f"  curl -X POST {base}/v1/events -H 'content-type: application/json' "
             f"-d '{{\"events\":[{{\"event_id\":\"e1\",\"user_id\":\"{shopper}\",\"sku\":\"{last}\",\"type\":\"click\"}}]}}'\n"
-            f"  curl {base}/metrics ; curl {base}/openapi.json"
+            f"  curl {base}/metrics ; curl {base}/openapi.json ; the status page: {base}/status"
         )
         if once:
             return 0
