@@ -41,7 +41,8 @@ import msgspec
 import numpy as np
 
 from artifacts import layout
-from artifacts.errors import BundleCorruptError, BundleFormatError
+from artifacts.errors import BundleCorruptError
+from artifacts.manifest import check_header
 from artifacts.schema import SURFACE_NAMES
 
 if TYPE_CHECKING:
@@ -130,11 +131,6 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Reference)
 
 
-class _Probe(msgspec.Struct):
-    magic: str = ""
-    format_version: int = -1
-
-
 def encode_reference(reference: Reference) -> bytes:
     """The file's bytes (indented: people read it), after the same checks the reader makes."""
     check_reference(reference, "drift reference")
@@ -150,19 +146,8 @@ def write_reference(path: Path, reference: Reference) -> None:
 def parse_reference(raw: bytes, where: str) -> Reference:
     """Decode and check a drift reference. Raises BundleFormatError (made by a newer builder) or
     BundleCorruptError (anything else wrong), naming `where`."""
-    try:
-        probe = msgspec.json.decode(raw, type=_Probe)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise BundleCorruptError(f"{where}: corrupt drift reference: not a JSON object ({exc})") from exc
-    if probe.magic != MAGIC:
-        raise BundleCorruptError(f"{where}: corrupt drift reference: magic is {probe.magic!r}, expected {MAGIC!r}")
-    if probe.format_version not in SUPPORTED_FORMAT_VERSIONS:
-        if probe.format_version > max(SUPPORTED_FORMAT_VERSIONS):
-            raise BundleFormatError(
-                f"{where}: made by a newer builder: drift reference format_version {probe.format_version}, "
-                f"this Aisle reads {sorted(SUPPORTED_FORMAT_VERSIONS)}; upgrade Aisle to monitor it"
-            )
-        raise BundleCorruptError(f"{where}: corrupt drift reference: format_version {probe.format_version} is not valid")
+    check_header(raw, where, what="drift reference", magic=MAGIC, supported=SUPPORTED_FORMAT_VERSIONS,
+                 not_ours="corrupt drift reference", use="monitor")  # fmt: skip
     try:
         reference = _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

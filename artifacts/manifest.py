@@ -78,21 +78,30 @@ class _Probe(msgspec.Struct):
     format_version: int = -1
 
 
-def parse(raw: bytes, where: str) -> Manifest:
-    """Decode and check a manifest. Raises BundleFormatError (newer) or BundleCorruptError."""
+def check_header(raw: bytes, where: str, *, what: str, magic: str, supported: frozenset[int] | set[int], not_ours: str, use: str) -> None:
+    """The two fields every versioned JSON file of a bundle opens with (the manifest, the drift
+    reference): `magic` must match and `format_version` be one this code reads. Raises
+    BundleFormatError for a newer version ("made by a newer builder … upgrade Aisle to `use` it"),
+    BundleCorruptError for anything else, `not_ours` prefixing a wrong magic."""
     try:
         probe = msgspec.json.decode(raw, type=_Probe)
-    except msgspec.DecodeError as exc:
-        raise BundleCorruptError(f"{where}: corrupt manifest: not a JSON object ({exc})") from exc
-    if probe.magic != MAGIC:
-        raise BundleCorruptError(f"{where}: corrupt or not an Aisle bundle: magic is {probe.magic!r}, expected {MAGIC!r}")
-    if probe.format_version not in SUPPORTED_FORMAT_VERSIONS:
-        if probe.format_version > max(SUPPORTED_FORMAT_VERSIONS):
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BundleCorruptError(f"{where}: corrupt {what}: not a JSON object ({exc})") from exc
+    if probe.magic != magic:
+        raise BundleCorruptError(f"{where}: {not_ours}: magic is {probe.magic!r}, expected {magic!r}")
+    if probe.format_version not in supported:
+        if probe.format_version > max(supported):
             raise BundleFormatError(
-                f"{where}: made by a newer builder: format_version {probe.format_version}, this Aisle reads "
-                f"{sorted(SUPPORTED_FORMAT_VERSIONS)}; upgrade Aisle to serve it"
+                f"{where}: made by a newer builder: {what} format_version {probe.format_version}, this Aisle reads "
+                f"{sorted(supported)}; upgrade Aisle to {use} it"
             )
-        raise BundleCorruptError(f"{where}: corrupt manifest: format_version {probe.format_version} is not valid")
+        raise BundleCorruptError(f"{where}: corrupt {what}: format_version {probe.format_version} is not valid")
+
+
+def parse(raw: bytes, where: str) -> Manifest:
+    """Decode and check a manifest. Raises BundleFormatError (newer) or BundleCorruptError."""
+    check_header(raw, where, what="manifest", magic=MAGIC, supported=SUPPORTED_FORMAT_VERSIONS,
+                 not_ours="corrupt or not an Aisle bundle", use="serve")  # fmt: skip
     try:
         manifest = msgspec.json.decode(raw, type=Manifest)
     except msgspec.ValidationError as exc:
