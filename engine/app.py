@@ -129,7 +129,11 @@ class Engine:
         # The catalogue takes the experiment arms from the settings; every worker has the same.
         self.metrics = Metrics.open(state / "metrics.bin", families_for(s))
         self.events = EventLog(
-            state, half_life_s=s.events.half_life_s, recent_limit=s.events.recent_limit, slate_queue_limit=s.events.slate_queue_limit
+            state,
+            map_size=s.events.map_size_mib << 20,
+            half_life_s=s.events.half_life_s,
+            recent_limit=s.events.recent_limit,
+            slate_queue_limit=s.events.slate_queue_limit,
         )
         self.assigner = Assigner(s)
         self.pins = variant_bundles(s)

@@ -64,6 +64,7 @@ def serve(settings: Settings) -> None:
         runtime_mode=RuntimeModes(settings.server.runtime_mode),
         http=HTTPModes(settings.server.http),
         backlog=settings.server.backlog,
+        backpressure=settings.server.backpressure,
         respawn_failed_workers=True,
         log_access=False,
     )

@@ -102,12 +102,24 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_query_bytes: int = 16_384
     max_body_bytes: int = 1_048_576
     max_events_per_batch: int = 1000
+    # Overload (engine/overload.py): a request that finds its worker's event loop this far behind
+    # (it waited at least this long in the queue) is answered 503 + Retry-After at once instead of
+    # served late; so is one that would make more than max_in_flight requests in progress in the
+    # worker (those waiting on a body or an event commit). 0 turns either check off.
+    max_queue_delay_ms: float = 250.0
+    max_in_flight: int = 128
+    overload_retry_after_s: int = 1
 
 
 class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     half_life_s: float = 21_600.0  # decay of the live per-item counters (fixed when the log is created)
     recent_limit: int = 50  # interactions kept per shopper in the live ring
     retry_after_s: int = 5  # Retry-After on a 503 when the log cannot store a batch (disk or map full)
+    # Size of the event log's memory map, i.e. the most the log file may grow to. When it is full,
+    # event batches are answered 503 + Retry-After (never 202) until the log is archived. At most
+    # the default: every reader (aisle export, merge) opens the log with the default, and an LMDB
+    # reader needs a map at least as large as the writer's (STACK-NOTES pitfall 4).
+    map_size_mib: int = 65_536
     # Every served slate (request id, shopper, variant, items, scores, sources, prices, bundle) is
     # logged in the event log's `slates` database with the next group commit, so `aisle analyze`
     # can join it with the clicks, carts and purchases that follow. The answer never waits for it.
@@ -146,6 +158,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     runtime_mode: str = "auto"  # Granian's Rust I/O runtime per worker: auto | st (single-threaded) | mt
     http: str = "auto"  # auto | 1 (HTTP/1.1 only: no HTTP/2 preface detection) | 2
     backlog: int = 1024
+    # Requests Granian hands one worker at once; more wait in Granian (not in Python's memory)
+    # until one finishes. With `limits.max_queue_delay_ms` this bounds each worker's queue.
+    backpressure: int = 256
 
 
 class SecuritySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -260,6 +275,12 @@ def validate(settings: Settings) -> Settings:
         problems.append("drift: need 1 ≤ rows_per_request ≤ 1000 and 1 ≤ min_rows ≤ window")
     if not d.threshold > 0:
         problems.append("drift.threshold must be > 0")
+    if not 1 <= settings.events.map_size_mib <= 65_536:
+        problems.append("events.map_size_mib must be in [1, 65536] (64 GiB, the size every reader of the log opens it with)")
+    if not 1 <= settings.server.backpressure <= 65_536:
+        problems.append("server.backpressure must be in [1, 65536]")
+    if lim.max_queue_delay_ms < 0 or lim.max_in_flight < 0 or not 1 <= lim.overload_retry_after_s <= 3600:
+        problems.append("limits: max_queue_delay_ms and max_in_flight must be ≥ 0 (0 = off), overload_retry_after_s in [1, 3600]")
     if settings.events.slate_queue_limit < 1:
         problems.append("events.slate_queue_limit must be ≥ 1")
     for name in ("expansion_search", "expansion_search_items"):
