@@ -41,13 +41,25 @@ from artifacts.bundle import Bundle, open_bundle
 from artifacts.errors import BundleError
 from artifacts.featurespec import SOURCE_NAMES
 from engine.auth import Guard
-from engine.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, NotReady, TooLarge, UnsupportedMediaType
+from engine.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    Overloaded,
+    TooLarge,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
 from engine.eventlog import EventLog, EventLogError
 from engine.inventory.state import ItemState, StateError, Status, state_path
 from engine.context import RequestContext
 from engine.experiments import Assigner, Assignment, open_variant_bundle, variant_bundles
 from engine.metrics import CONTENT_TYPE, DRIFT_FEATURES, STATUSES, UNASSIGNED, Metrics, Totals, families_for, inventory_families
 from engine.openapi import openapi_document
+from engine.overload import Shedder
+from engine.ratelimit import RateLimiter
 from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery, RecommendResponse
 from engine.service import Recommender, decode_body, decode_query
 from engine.settings import Settings, from_environment
@@ -105,6 +117,8 @@ class Engine:
         self.pinned: dict[str, Recommender] = {}
         self.assigner: Assigner | None = None
         self.guard: Guard | None = None  # API keys per endpoint (engine/auth.py), from the settings at start
+        self.limiter: RateLimiter | None = None  # per-key rate limits (None: no key is limited)
+        self.shedder: Shedder | None = None  # overload: refuse fast when behind (started on the loop)
         self.events: EventLog | None = None
         self.metrics: Metrics | None = None
         self.problem = "starting"
@@ -128,6 +142,11 @@ class Engine:
         state.mkdir(parents=True, exist_ok=True)
         # The catalogue takes the experiment arms from the settings; every worker has the same.
         self.metrics = Metrics.open(state / "metrics.bin", families_for(s))
+        self.shedder = Shedder(s.limits.max_queue_delay_ms, s.limits.max_in_flight)
+        limits = [s.security.rate_limits.get(key, s.security.rate_limit_per_s) for key in self.guard.keys]
+        if any(limit > 0 for limit in limits):
+            # The worker's row in the shared counters is its metrics slot (one per live process).
+            self.limiter = RateLimiter(state, self.guard.digests(), limits, s.security.rate_window_s, self.metrics.slot)
         self.events = EventLog(
             state,
             map_size=s.events.map_size_mib << 20,
@@ -286,6 +305,8 @@ class Engine:
             try:
                 now = time.monotonic()
                 self.copy_slate_counts()
+                if self.shedder is not None and self.metrics is not None:
+                    self.metrics.set("aisle_queue_delay_seconds", self.shedder.take_peak())
                 if now >= next_sample:
                     next_sample = now + SAMPLE_EVERY_S
                     self.sample_totals()
@@ -380,6 +401,8 @@ class App:
             self._started = True
             self.engine.start()
             loop = asyncio.get_running_loop()
+            if self.engine.shedder is not None:
+                self.engine.shedder.start(loop)
             self._watcher = loop.create_task(self.engine.watch())
             self._figures = loop.create_task(self.engine.keep_figures())
 
@@ -406,6 +429,8 @@ class App:
                 for task in (self._watcher, self._figures):
                     if task is not None:
                         task.cancel()
+                if self.engine.shedder is not None:
+                    self.engine.shedder.stop()
                 if self.engine.events is not None:
                     await self.engine.events.aclose()
                     self.engine.copy_slate_counts()  # the last commit's slates
@@ -418,15 +443,20 @@ class App:
         started = time.perf_counter()
         query: RecommendQuery | None = None
         served: Served | None = None
+        kind = ""
+        shedder = self.engine.shedder
+        counted = False  # whether this request is one of the shedder's in flight
         try:
             if path == "/v1/recommendations":
                 _allow(method, "GET", "POST")
+                counted = self._shed_or_enter(shedder, "recommendations")
                 self._admit(scope, "reads")
                 query = await self._query(scope, receive, method)
                 served = self._recommend(query, request_id)
                 status, body, headers = 200, JSON.encode(served.response), JSON_HEADERS
             elif path == "/v1/events":
                 _allow(method, "POST")
+                counted = self._shed_or_enter(shedder, "events")
                 self._admit(scope, "writes")
                 status, body, headers = await self._events(scope, receive)
             elif path == "/healthz":
@@ -449,6 +479,7 @@ class App:
             else:
                 raise NotFound(f"no route {path}; see /openapi.json")
         except ApiError as exc:
+            kind = exc.kind
             status, body, headers = exc.status, JSON.encode(ErrorBody(exc.kind, exc.detail)), [*JSON_HEADERS, *exc.headers]
             if exc.retry_after is not None:
                 headers.append((b"retry-after", str(exc.retry_after).encode()))
@@ -458,13 +489,33 @@ class App:
             status, body, headers = 500, JSON.encode(ErrorBody("internal", "internal error; the request id is in the server log")), JSON_HEADERS
         headers = [*headers, (b"x-request-id", request_id.encode())]
         # Counted before the answer goes out, so a client that has its answer sees it counted.
-        self._count(path, status, query, served, started)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        self._count(path, status, kind, query, served, started)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            if counted and shedder is not None:
+                shedder.leave()
         if served is not None:
             self._log_slate(served)
 
-    def _count(self, path: str, status: int, query: RecommendQuery | None, served: Served | None, started: float) -> None:
+    def _shed_or_enter(self, shedder: Shedder | None, endpoint: Literal["recommendations", "events"]) -> bool:
+        """Refuse the request (503 Overloaded + Retry-After) if the worker is behind; else count
+        it in flight (True: the caller must `leave` once the answer is out)."""
+        if shedder is None:
+            return False
+        reason = shedder.check()
+        if reason is not None:
+            settings, m = self.engine.settings, self.engine.metrics
+            if m is not None:
+                m.inc("aisle_shed_total", endpoint=endpoint, reason=reason)
+            retry = settings.limits.overload_retry_after_s if settings is not None else 1
+            why = "requests waited too long in its queue" if reason == "queue_delay" else "too many requests are in progress"
+            raise Overloaded(f"this worker is overloaded ({why}); retry after {retry} s", retry_after=retry)
+        shedder.enter()
+        return True
+
+    def _count(self, path: str, status: int, kind: str, query: RecommendQuery | None, served: Served | None, started: float) -> None:
         m = self.engine.metrics
         if m is None:
             return
@@ -478,7 +529,14 @@ class App:
             m.observe("aisle_request_seconds", elapsed, surface=surface)
             m.observe("aisle_variant_request_seconds", elapsed, variant=variant)
         elif path == "/v1/events":
-            m.inc("aisle_event_batches_total", outcome="stored" if status == 202 else "unavailable" if status >= 500 else "refused")
+            outcome = (
+                "stored" if status == 202
+                else "limited" if status == 429
+                else "shed" if kind == Overloaded.kind
+                else "unavailable" if status >= 500
+                else "refused"
+            )
+            m.inc("aisle_event_batches_total", outcome=outcome)
 
     def _log_slate(self, served: Served) -> None:
         """Queue the served slate for the event log. Never raises into the request: a failure is
@@ -498,11 +556,22 @@ class App:
 
     # -- routes ----------------------------------------------------------------------------------
     def _admit(self, scope: Scope, endpoint: Literal["reads", "writes", "metrics"]) -> None:
-        """401 unless the request carries a key this endpoint's ring admits (open rings admit all)."""
-        guard = self.engine.guard
+        """401 unless the request carries a key this endpoint's ring admits (open rings admit all);
+        429 + Retry-After when that key is over its rate limit."""
+        engine = self.engine
+        guard = engine.guard
         if guard is None:  # the worker did not start: its keys are unknown, so nothing is admitted
-            raise NotReady(self.engine.problem or "starting", retry_after=5)
-        guard.require(getattr(guard, endpoint), scope.get("headers", ()))
+            raise NotReady(engine.problem or "starting", retry_after=5)
+        key_id = guard.require(getattr(guard, endpoint), scope.get("headers", ()))
+        if key_id is None or engine.limiter is None:
+            return
+        wait = engine.limiter.admit(key_id)
+        if wait > 0:
+            if engine.metrics is not None:
+                engine.metrics.inc("aisle_rate_limited_total", endpoint=endpoint)
+            limit = engine.limiter.limits[key_id]
+            retry = max(1, math.ceil(wait))
+            raise TooManyRequests(f"this API key is over its rate limit of {limit:g} requests per second; retry after {retry} s", retry_after=retry)
 
     def _recommender(self) -> Recommender:
         rec = self.engine.recommender

@@ -45,5 +45,15 @@ class Invalid(ApiError):
     status, kind = 422, "invalid"
 
 
+class TooManyRequests(ApiError):
+    status, kind = 429, "rate_limited"
+
+
+class Overloaded(ApiError):
+    """The worker is behind: answered at once rather than late (engine/overload.py)."""
+
+    status, kind = 503, "overloaded"
+
+
 class NotReady(ApiError):
     status, kind = 503, "not_ready"

@@ -118,7 +118,11 @@ STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "encode
 SOURCES = (*SOURCE_NAMES, "backfill")
 FILTERS = ("out_of_stock_or_blocked_or_excluded", "request_filter")
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
-BATCH_OUTCOMES = ("stored", "refused", "unavailable")  # 202; 4xx (bad batch); 503 (the log could not store it)
+# 202; 4xx (a bad batch); 429 (the key's rate limit); 503 shed (the worker was behind); 503 (the log could not store it)
+BATCH_OUTCOMES = ("stored", "refused", "limited", "shed", "unavailable")
+SHED_ENDPOINTS = ("recommendations", "events")
+SHED_REASONS = ("queue_delay", "in_flight")
+LIMITED_ENDPOINTS = ("reads", "writes", "metrics")
 SWAP_OUTCOMES = ("swapped", "refused")
 # Experiment arms: "default" (no experiment), "holdout", one "experiment:variant" per arm of the
 # settings (see `variants_for`), and "none" for a request answered before it was assigned (an error).
@@ -161,7 +165,22 @@ def families_for(settings: Settings | None = None) -> tuple[Family, ...]:
         Family("aisle_short_responses_total", "counter", "Responses (200) with fewer items than asked for, empty ones included.", (Label("surface", SURFACES),)),
         Family("aisle_empty_responses_total", "counter", "Responses (200) with no item at all.", (Label("surface", SURFACES),)),
         Family("aisle_events_total", "counter", "Shopper events received, by outcome.", (Label("outcome", EVENT_OUTCOMES),)),
-        Family("aisle_event_batches_total", "counter", "Event batches posted, by outcome: stored (202), refused (4xx), unavailable (503).", (Label("outcome", BATCH_OUTCOMES),)),
+        Family(
+            "aisle_event_batches_total",
+            "counter",
+            "Event batches posted, by outcome: stored (202), refused (4xx but 429), limited (429: the key's rate limit), "
+            "shed (503: the worker was overloaded), unavailable (503: the log could not store it).",
+            (Label("outcome", BATCH_OUTCOMES),),
+        ),
+        Family(
+            "aisle_shed_total",
+            "counter",
+            "Requests refused with 503 + Retry-After because the worker was behind: queue_delay (the request waited over "
+            "limits.max_queue_delay_ms) or in_flight (limits.max_in_flight requests already in progress).",
+            (Label("endpoint", SHED_ENDPOINTS), Label("reason", SHED_REASONS)),
+        ),
+        Family("aisle_rate_limited_total", "counter", "Requests refused with 429: their API key was over its rate limit, by endpoint guard.", (Label("endpoint", LIMITED_ENDPOINTS),)),
+        Family("aisle_queue_delay_seconds", "gauge", "Longest a request waited in a worker's event loop queue over the last second (max over live workers).", aggregate="max"),
         Family("aisle_slates_logged_total", "counter", "Served slates committed to the event log (impressions for experiment analysis)."),
         Family("aisle_slates_dropped_total", "counter", "Served slates not logged: the log's queue was full, or it was closing, or a write failed."),
         Family("aisle_slates_failed_total", "counter", "Served slates not logged because building or queueing one raised (a bug: see the server log)."),

@@ -7,6 +7,7 @@ environment variable the engine reads is AISLE_SETTINGS_FILE (here, in `from_env
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -170,6 +171,13 @@ class SecuritySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     api_keys: list[str] = []  # may write events and read /status (and /metrics); empty: writes open (local use; `aisle serve` warns)
     read_keys: list[str] = []  # non-empty: recommendations need one of these or of api_keys; empty: reads open
     protect_metrics: bool = False  # true: /metrics needs one of api_keys too (/healthz, /readyz, /openapi.json stay open)
+    # Per-key rate limits (engine/ratelimit.py), for the whole server (all workers together), over
+    # a sliding window of rate_window_s: requests per second a key may make on the endpoints that
+    # need it. Beyond: 429 + Retry-After. 0 = no limit. `rate_limits` sets it per key (the key
+    # itself as the name), overriding `rate_limit_per_s`. Open endpoints are not limited per key.
+    rate_limit_per_s: float = 0.0
+    rate_limits: dict[str, float] = {}
+    rate_window_s: float = 1.0
 
 
 class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -417,6 +425,15 @@ def _security_problems(sec: SecuritySettings) -> list[str]:
                 seen[key] = where
     if sec.protect_metrics and not sec.api_keys:
         problems.append("security.protect_metrics needs at least one key in security.api_keys")
+    if not (math.isfinite(sec.rate_limit_per_s) and sec.rate_limit_per_s >= 0):
+        problems.append("security.rate_limit_per_s must be ≥ 0 (0: no limit)")
+    if not (math.isfinite(sec.rate_window_s) and 0.1 <= sec.rate_window_s <= 3600):
+        problems.append("security.rate_window_s must be in [0.1, 3600] seconds")
+    for i, (key, rate) in enumerate(sec.rate_limits.items()):
+        if key not in seen:
+            problems.append(f"security.rate_limits entry {i + 1} names a key that is in neither api_keys nor read_keys")
+        if not (math.isfinite(rate) and rate >= 0):
+            problems.append(f"security.rate_limits entry {i + 1} must be ≥ 0 requests per second (0: no limit)")
     return problems
 
 
