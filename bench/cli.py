@@ -27,6 +27,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ranker": ("bench.ranker_micro", "compiled ranker vs LightGBM predict"),
     "ab-study": ("bench.ab_study", "a simulated A/B study: experiments served, simulated shoppers, `aisle analyze` report"),
     "feedback-study": ("bench.feedback_study", "feedback loops over rebuild rounds: impression Gini and coverage, with and without exploration"),
+    "overload": ("bench.overload", "more requests than the workers can serve: shedding on vs off, 200 latency, 503s, timeouts, RSS"),
     "candidates": ("bench.candidates", "how many candidates the ranker needs: final top-k recall vs candidates ranked"),
 }
 

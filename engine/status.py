@@ -241,13 +241,22 @@ def _requests(s: StatusInputs) -> str:
         h = t.histogram("aisle_stage_seconds", stage=stage)
         p50, p99 = h.quantile(0.5), h.quantile(0.99)
         stages.append(f'<tr data-stage="{stage}"><th scope="row">{stage}</th>' + _td(_ms(p50), p50, cls="p50") + _td(_ms(p99), p99, cls="p99") + "</tr>")
+    shed = t.counter("aisle_shed_total")
+    limited = t.counter("aisle_rate_limited_total")
+    delay = t.gauge("aisle_queue_delay_seconds")
+    admission = [
+        _row("Shed (503, overloaded)", _td(_int(shed), shed, id="shed"), "waited too long, or too many in progress"),
+        _row("Rate limited (429)", _td(_int(limited), limited, id="rate-limited"), "a key over its limit"),
+        _row("Queue delay", _td(_ms(delay), delay, id="queue-delay"), "longest wait in a worker's queue, last second"),
+    ]
     return (
         '<section id="requests"><h2>Requests</h2>'
         '<p class="hint">Counts since the metrics file was created (all workers, restarts included); rate and '
         '"minute" quantiles over the last minute; latency is engine time, estimated from histogram buckets. '
         '"degraded": answered by a step down the degradation ladder.</p>'
         + _table(head, rows)
-        + "<h3>Pipeline stages</h3>"
+        + "<h3>Admission</h3>"
+        + _facts(admission)
         + _table(("stage", "p50 (all)", "p99 (all)"), stages, id="stages")
         + "</section>"
     )
@@ -365,6 +374,8 @@ def _events(s: StatusInputs) -> str:
         ("Batches stored", "batches-stored", t.counter("aisle_event_batches_total", outcome="stored")),
         ("Batches refused (4xx)", "batches-refused", t.counter("aisle_event_batches_total", outcome="refused")),
         ("Batches not stored (503)", "batches-unavailable", t.counter("aisle_event_batches_total", outcome="unavailable")),
+        ("Batches shed (503, overloaded)", "batches-shed", t.counter("aisle_event_batches_total", outcome="shed")),
+        ("Batches rate limited (429)", "batches-limited", t.counter("aisle_event_batches_total", outcome="limited")),
         ("Slates logged", "slates-logged", t.counter("aisle_slates_logged_total")),
         ("Slates dropped", "slates-dropped", t.counter("aisle_slates_dropped_total")),
         ("Slates failed", "slates-failed", t.counter("aisle_slates_failed_total")),

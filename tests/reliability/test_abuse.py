@@ -18,6 +18,7 @@ import pytest
 from tests._server import Server
 from tests.reliability._soak import SOAK, report
 from tests.test_metrics import parse, value
+from tests.test_status_page import figures, number
 
 WRITE_KEY = "write-key-abuse-0123456789"
 LIMITED_KEY = "read-key-limited-00000001"
@@ -194,5 +195,7 @@ def test_a_flood_is_shed_fast_with_retry_after_and_nothing_else_breaks(flooded: 
     seen = parse(flooded.get("/metrics").body.decode())
     counted = sum(value(seen, "aisle_shed_total", endpoint=e, reason=r) for e in ("recommendations", "events") for r in ("queue_delay", "in_flight"))
     assert counted == shed
+    page = figures(flooded.get("/status").body.decode())
+    assert number(page, "shed") == shed
     # The flood is over: the next requests are served.
     assert flooded.recommend(surface="home", user_id="u1", count=5).status == 200
