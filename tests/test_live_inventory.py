@@ -81,6 +81,21 @@ def test_a_retired_sku_is_never_returned_afterwards(live: tuple[Server, str]) ->
     _until(lambda: all(target not in _skus(srv, surface="home", count=40) | _skus(srv, surface="pdp", item_id=sorted(shown)[1], count=40) for _ in range(4)))
 
 
+def test_a_retired_sku_as_the_anchor_gets_alternatives_never_itself(live: tuple[Server, str]) -> None:
+    """Documented behaviour: a shopper on a retired product's page, or with it in the cart, is
+    shown similar items in stock (alternatives), never the retired item."""
+    srv, control = live
+    anchor = sorted(_skus(srv, surface="home", user_id="retired-anchor", count=10))[2]
+    publish_one(wire.Retire(anchor), control)
+    _until(lambda: all(anchor not in _skus(srv, surface="home", user_id="retired-anchor", count=40) for _ in range(4)))
+    for params in ({"surface": "pdp", "item_id": anchor}, {"surface": "cart", "cart": anchor}):
+        for _ in range(4):  # whichever worker answers
+            reply = srv.recommend(count=10, **params)
+            assert reply.status == 200, reply.body
+            skus = [i["sku"] for i in reply.json()["items"]]
+            assert len(skus) == 10 and anchor not in skus
+
+
 def test_a_new_sku_is_recommended_before_any_rebuild_and_leaves_when_retired(live: tuple[Server, str], tiny_bundle: Path) -> None:
     from artifacts.bundle import open_bundle
 
