@@ -778,11 +778,18 @@ class EventLog:
         """int32 rows, oldest first, of the shopper's recent interactions at or after `since_ts`
         (the bundle's end: earlier ones are already in its snapshot), mapped by `row_of` (a
         bundle's `items.row_of`: −1 for a SKU it does not know, which is dropped)."""
+        return self.recent_interactions(user_id, row_of, since_ts)[0]
+
+    def recent_interactions(self, user_id: str, row_of: Callable[[str], int], since_ts: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """`recent_rows` and, aligned with them, each interaction's EventType code (int8): what
+        the request path needs to tell a purchase (never recommended again) from a click."""
         items = [r for r in self.recent(user_id) if r.ts >= since_ts]
         if not items:
-            return np.zeros(0, np.int32)
+            return np.zeros(0, np.int32), np.zeros(0, np.int8)
         rows = np.fromiter((row_of(r.sku) for r in items), dtype=np.int32, count=len(items))
-        return rows[rows >= 0]
+        types = np.fromiter((r.type for r in items), dtype=np.int8, count=len(items))
+        known = rows >= 0
+        return rows[known], types[known]
 
     # ---- lifetime ---------------------------------------------------------------------------
 

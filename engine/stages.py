@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from artifacts.featurespec import FEATURE_INDEX, SOURCE_ID, SOURCE_NAMES
+from artifacts.schema import EventType
 from artifacts.ranker import CompiledRanker
 from engine.candidates import Candidates
 from engine.catalog import CatalogView
@@ -73,13 +74,25 @@ class ResolveShopper:
                     shopper = Shopper.from_record(record)
         if shopper is None:
             shopper = Shopper.anonymous()
-        live_rows = self.live.recent_rows(user_id, view.bundle.items.row_of, self.since_ts) if (self.live is not None and user_id) else None
-        extra = [a for a in (live_rows, request_recent) if a is not None and len(a)]
-        if extra:
-            merged = np.concatenate([shopper.recent_items, *extra]).astype(np.int32)
+        rows: list[np.ndarray] = []
+        types: list[np.ndarray] = []
+        if self.live is not None and user_id:
+            live_rows, live_types = self.live.recent_interactions(user_id, view.bundle.items.row_of, self.since_ts)
+            if len(live_rows):
+                rows.append(live_rows)
+                types.append(live_types)
+                # Bought since the build: never recommended again, like the snapshot's purchases.
+                bought = live_rows[live_types == EventType.PURCHASE]
+                if len(bought):
+                    shopper.purchased = np.concatenate([shopper.purchased, bought]).astype(np.int32)
+        if request_recent is not None and len(request_recent):
+            rows.append(request_recent)
+            types.append(np.full(len(request_recent), EventType.CLICK, np.int8))  # the page says "viewed"
+        if rows:
+            merged = np.concatenate([shopper.recent_items, *rows]).astype(np.int32)
             shopper.recent_items = merged[-self.history_limit :]
-            types = np.concatenate([shopper.recent_types, *(np.ones(len(a), np.int8) for a in extra)])
-            shopper.recent_types = types[-self.history_limit :].astype(np.int8)
+            merged_types = np.concatenate([shopper.recent_types, *types]).astype(np.int8)
+            shopper.recent_types = merged_types[-self.history_limit :]
         if ctx.region == 0:
             ctx.region = shopper.region
         if ctx.device == 0:

@@ -152,6 +152,19 @@ def test_a_click_shapes_the_shoppers_next_home_slate(server: Server, bundle: Bun
     assert [i["sku"] for i in after["items"]] != [i["sku"] for i in before["items"]]
 
 
+def test_items_bought_since_the_build_are_never_recommended_again(server: Server, bundle: Bundle) -> None:
+    user = "shopper-who-just-bought"
+    shown = [i["sku"] for i in server.recommend(surface="home", user_id=user, count=10).json()["items"]]
+    bought = shown[:3]
+    ts = float(bundle.manifest.dims["end_ts"] + 60)
+    events = [{"event_id": f"buy-{sku}", "user_id": user, "sku": sku, "type": "purchase", "ts": ts} for sku in bought]
+    assert server.post_json("/v1/events", {"events": events}).json()["accepted"] == 3
+    for _ in range(4):  # whichever worker answers, on every surface
+        for params in ({"surface": "home"}, {"surface": "pdp", "item_id": shown[5]}, {"surface": "cart", "cart": shown[6]}):
+            items = {i["sku"] for i in server.recommend(user_id=user, count=40, **params).json()["items"]}
+            assert not items & set(bought), params
+
+
 @pytest.mark.parametrize(
     "method, path, status, kind",
     [
