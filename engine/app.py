@@ -719,7 +719,9 @@ def _number(x: float | None) -> float:
 
 def _allow(method: str, *allowed: str) -> None:
     if method not in allowed:
-        raise MethodNotAllowed(f"use {' or '.join(allowed)} here, not {method}")
+        refusal = MethodNotAllowed(f"use {' or '.join(allowed)} here, not {method}")
+        refusal.headers = ((b"allow", ", ".join(allowed).encode()),)  # RFC 9110: a 405 lists what is allowed
+        raise refusal
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -38,6 +38,13 @@ def serve(settings: Settings) -> None:
         # Once, here, not per worker: an open write path is fine on a laptop, never in a fleet.
         log.warning("security.api_keys is empty: POST /v1/events and /status are open to anyone who can reach "
                     "%s:%d; set API keys in the settings before exposing this server", settings.server.host, settings.server.port)
+    if not settings.security.read_keys and settings.server.host not in ("127.0.0.1", "::1", "localhost"):
+        # The engine trusts `user_id`: whoever can ask for a shopper's slate sees reasons drawn
+        # from that shopper's history ("Because you viewed X"). Fine behind the storefront's
+        # backend, which asks with the logged-in shopper's id; not on a port browsers can reach.
+        log.warning("security.read_keys is empty and the server listens on %s: anyone who can reach it can ask for any "
+                    "user_id's recommendations, whose reasons cite that shopper's history; call it from the storefront's "
+                    "backend only, or set read_keys", settings.server.host)
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     settings_file = state / f"settings-{os.getpid()}.json"

@@ -199,6 +199,11 @@ def test_malformed_requests_get_the_right_status_and_a_json_body(server: Server,
     assert body["error"] == kind and body["detail"] and "Traceback" not in body["detail"]
 
 
+def test_a_405_lists_the_allowed_methods(server: Server) -> None:
+    assert server.request("PUT", "/v1/recommendations?surface=home").headers["allow"] == "GET, POST"
+    assert server.request("GET", "/v1/events").headers["allow"] == "POST"
+
+
 def test_unknown_pdp_item_is_named_in_the_404(server: Server) -> None:
     assert "NO-SUCH-SKU" in server.recommend(surface="pdp", item_id="NO-SUCH-SKU").json()["detail"]
 
