@@ -34,7 +34,7 @@ from artifacts.drift import write_reference
 from artifacts.featurespec import FEATURE_NAMES, FEATURES, check_spec
 from artifacts.idmap import encode_ids
 from artifacts.manifest import FeatureEntry, Manifest
-from artifacts.publish import finalize, inventory, save_array, set_current, staging_dir
+from artifacts.publish import current_build_id, finalize, inventory, save_array, set_current, staging_dir
 from artifacts.ranker import CompiledRanker
 from builder import gate
 from builder.config import BuildConfig
@@ -46,7 +46,7 @@ from builder.progress import ConsoleProgress, Progress
 from builder.ranker import train_ranker
 from builder.ranker_data import build_training_set, sample_queries
 from builder.snapshot import write_snapshot
-from builder.store import Store
+from builder.store import IngestReport, Store
 from builder.tables import DAY, TYPE_WEIGHT, build_tables
 from builder.twotower import train_two_tower
 from engine.catalog import CatalogView
@@ -127,6 +127,29 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def dropped_counts(report: IngestReport) -> dict[str, int]:
+    """The manifest's counts of what ingest read and left out (builder.ingest.screen)."""
+    return {
+        "events_read": sum(n for name, n in report.rows_read.items() if name.startswith("events.")),
+        "events_future": report.events_future,
+        "events_too_old": report.events_too_old,
+        "events_unknown_sku": report.events_unknown_sku,
+        "bot_shoppers": len(report.bot_user_ids),
+        "bot_events": report.bot_events,
+    }
+
+
+def screening_summary(counts: dict[str, int]) -> str:
+    """One line on what a bundle learned from and what was left out, from its manifest counts."""
+    dropped = [
+        f"{counts.get('events_future', 0):,} dated in the future",
+        f"{counts.get('events_too_old', 0):,} too old",
+        f"{counts.get('events_unknown_sku', 0):,} for unknown SKUs",
+        f"{counts.get('bot_events', 0):,} of {counts.get('bot_shoppers', 0):,} bots",
+    ]
+    return f"events: {counts.get('events', 0):,} learned from of {counts.get('events_read', 0):,} read; dropped " + ", ".join(dropped)
+
+
 def build(
     data_dir: Path,
     out_root: Path,
@@ -136,9 +159,12 @@ def build(
     allow_worse: bool = False,
 ) -> BuildResult:
     """Build, verify and (by default) publish a bundle. Nothing under out_root changes unless the
-    whole build succeeds; a failure removes its staging directories."""
+    whole build succeeds: input that cannot be ingested fails before anything is written, and a
+    later failure removes its staging directories and, if it came after the bundle was renamed into
+    place, the bundle too (builder.gate's refusal alone keeps it, unpublished). Events screened out
+    at ingest (clock, unknown SKUs, bots) are counted in the manifest (`dropped_counts`)."""
     t0 = time.monotonic()
-    store = load_store(Path(data_dir))
+    store = load_store(Path(data_dir), config.clock, config.bots)
     return build_store(store, out_root, config, progress, publish, ingest_seconds=time.monotonic() - t0, allow_worse=allow_worse)
 
 
@@ -179,6 +205,8 @@ def build_store(
         cutoff, end = _cutoff(store, config.ranker.label_window_days)
         note(f"build {build_id}: {len(store.items):,} items, {len(store.users):,} shoppers, {len(store.events):,} events; "
              f"cut-off {datetime.fromtimestamp(cutoff, timezone.utc):%Y-%m-%d %H:%M}Z")
+        for line in store.report.notes:
+            note(line)
 
         t0 = time.monotonic()
         _write_item_table(store, staging)
@@ -269,7 +297,7 @@ def build_store(
                 "items": len(store.items),
                 "users": len(store.users),
                 "events": len(store.events),
-                "events_unknown_sku": store.report.events_unknown_sku,
+                **dropped_counts(store.report),
                 "categories": len(store.categories),
                 "brands": len(store.brands),
                 "sellers": len(store.sellers),
@@ -302,7 +330,8 @@ def build_store(
             feature_spec=[FeatureEntry(f.name, f.group, f.doc) for f in FEATURES],
             eval={k: float(v) for k, v in evaluation.items()},
             stage_seconds=stage_seconds,
-            notes=[f"{name}: ignored columns {', '.join(cols)}" for name, cols in store.report.ignored_columns.items() if cols],
+            notes=[f"{name}: ignored columns {', '.join(cols)}" for name, cols in store.report.ignored_columns.items() if cols]
+            + list(store.report.notes),
         )
         final = finalize(staging, manifest)
         open_bundle(final, verify="full")  # read back what we wrote, as the engine will
@@ -319,8 +348,15 @@ def build_store(
                 note("gate: publishing anyway (--allow-worse)")
         if publish:
             set_current(out_root, build_id)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        # Past finalize the bundle sits under out_root with a manifest, where a later
+        # `set_current` or a person could take it for a good one: remove it (the build id was
+        # checked absent above, so a directory by that name is this build's). Only the gate's
+        # refusal keeps it (sound, merely worse, and the message says where it stays); `current`
+        # naming it means the swap happened and the bundle is live.
+        if not isinstance(exc, gate.GateRefused) and current_build_id(out_root) != build_id:
+            shutil.rmtree(out_root / build_id, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(train_dir, ignore_errors=True)

@@ -47,7 +47,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from builder.build import build
+    from builder.build import build, screening_summary
     from builder.config import load_build_config
 
     config = load_build_config(Path(args.config) if args.config else None)
@@ -64,6 +64,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             result = build(merged, Path(args.out), config, publish=not args.no_publish, allow_worse=args.allow_worse)
     else:
         result = build(data, Path(args.out), config, publish=not args.no_publish, allow_worse=args.allow_worse)
+    # stderr: stdout is the bundle's path alone, for scripts.
+    print(f"aisle build: {screening_summary(result.manifest.counts)}", file=sys.stderr)
     print(result.path)
     return 0
 

@@ -79,6 +79,30 @@ class GateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
 
 
+class ClockConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Events with a broken clock are dropped at ingest and counted (builder/ingest/screen.py), not
+    # clamped: a future event clamped to "now" would become the freshest behaviour in the log.
+    # Device and server clocks drift by minutes, and a time zone mistaken for UTC by hours; an
+    # event later than the build's clock by more than this is dropped.
+    future_tolerance_minutes: float = 60.0
+    # An event this much older than the newest event (of those not in the future) is dropped: a zeroed or reset clock
+    # (1970, 2000-01-01); a decade-old click says nothing about today's catalog either.
+    max_age_days: float = 3650.0
+
+
+class BotConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Shoppers acting faster than a person can are bots: every event of theirs is dropped before
+    # anything learns from the log, and they are counted (builder/ingest/screen.py). Only clicks
+    # and add-to-carts count as actions, one tap each: impressions, skips, dwells and checkout
+    # lines are logged per page or per basket and grow with the page layout, not the shopper.
+    enabled: bool = True
+    max_actions_per_minute: int = 60  # more than this in any 60 seconds (a tap a second, for a minute) is a bot
+    max_actions_per_day: int = 2000  # more than this in any 24 hours (one every 43 s, around the clock) is a bot
+    # Refuse the build when bots would take more than this share of the events: a rule that
+    # removes most of a log more likely misreads it (timestamps coarser than they look) than finds bots.
+    max_dropped_share: float = 0.5
+
+
 class BuildConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     two_tower: TwoTowerConfig = TwoTowerConfig()
     index: IndexConfig = IndexConfig()
@@ -87,6 +111,8 @@ class BuildConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gate: GateConfig = GateConfig()
     recent_items: int = 50  # recent interactions kept per shopper in the feature snapshot
     purchased_items: int = 200  # past purchases kept per shopper (the already-purchased filter)
+    clock: ClockConfig = ClockConfig()
+    bots: BotConfig = BotConfig()
 
 
 class ConfigError(ValueError):
@@ -145,6 +171,18 @@ def validate(config: BuildConfig) -> BuildConfig:
         problems.append("gate.max_users must be ≥ 1")
     if config.tables.covisit_window < 1:
         problems.append("tables.covisit_window must be ≥ 1")
+    if not config.clock.future_tolerance_minutes >= 0:  # `not >=` also refuses NaN
+        problems.append(f"clock.future_tolerance_minutes must be ≥ 0, got {config.clock.future_tolerance_minutes}")
+    if not config.clock.max_age_days > 0:
+        problems.append(f"clock.max_age_days must be > 0, got {config.clock.max_age_days}")
+    bots = config.bots
+    if bots.max_actions_per_minute < 1 or bots.max_actions_per_day < 1:
+        problems.append(
+            f"bots.max_actions_per_minute and max_actions_per_day must be ≥ 1, got {bots.max_actions_per_minute}, "
+            f"{bots.max_actions_per_day}"
+        )
+    if not 0 < bots.max_dropped_share <= 1:
+        problems.append(f"bots.max_dropped_share must be in (0, 1], got {bots.max_dropped_share}")
     if problems:
         raise ConfigError("invalid build config: " + "; ".join(problems))
     return config

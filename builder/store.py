@@ -95,12 +95,25 @@ class Users:
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What ingest did that a data engineer should know about."""
+    """What ingest did that a data engineer should know about.
+
+    Events valid by the schema but left out of the Store are counted once each, under the first
+    rule they fail, in this order: clock (future, too old), unknown SKU, bot (builder.ingest.screen).
+    """
 
     rows_read: dict[str, int] = field(default_factory=dict)
     events_unknown_sku: int = 0
     ignored_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    events_future: int = 0  # dated after the build's clock + clock.future_tolerance_minutes
+    events_too_old: int = 0  # more than clock.max_age_days before the newest event not in the future
+    bot_events: int = 0  # every event of the shoppers in bot_user_ids
+    bot_user_ids: tuple[str, ...] = ()  # shoppers with inhuman action rates (still in Users, with no events)
+    notes: tuple[str, ...] = ()  # one line per kind of dropped event: how many, why, where the first is
+
+    @property
+    def events_dropped(self) -> int:
+        return self.events_future + self.events_too_old + self.events_unknown_sku + self.bot_events
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def evaluate(
     seconds: dict[str, float] = {}
     t_all = t0 = time.monotonic()
     data_dir = Path(data_dir)
-    store = load_store(data_dir)
+    store = load_store(data_dir, config.clock, config.bots)  # the same screening as `aisle build`
     protocol = choose_protocol(store, protocol)
     split = sample_users(make_split(store, protocol, which, days), max_users, seed)
     if len(split.holdout.targets) == 0:

@@ -13,13 +13,20 @@ import polars as pl
 
 from artifacts.schema import CATEGORY_SEPARATOR
 from builder.ingest.codes import codes, dense_codes, lookup, vocabulary
+from builder.ingest.errors import shown
 from builder.ingest.sessions import assign_sessions
 from builder.ingest.validate import ValidTable
 from builder.store import Categories, Events, IngestReport, Items, Store, Users
 
 
-def encode_store(tables: dict[str, ValidTable], fingerprints: dict[str, str]) -> Store:
-    """The Store of validated `tables` (keys catalog, events and optionally users)."""
+def encode_store(
+    tables: dict[str, ValidTable], fingerprints: dict[str, str], keep: pl.Series | None = None
+) -> Store:
+    """The Store of validated `tables` (keys catalog, events and optionally users).
+
+    `keep` (Boolean, one per events-file row) leaves out the events a screen already dropped
+    (builder.ingest.screen); of the rest, those naming an unknown SKU are dropped, counted and noted.
+    """
     catalog = tables["catalog"].frame.sort("sku")
     events = tables["events"]
     users = tables.get("users")
@@ -52,13 +59,25 @@ def encode_store(tables: dict[str, ValidTable], fingerprints: dict[str, str]) ->
         pl.concat([events.frame["user_id"]] + ([users.frame["user_id"]] if users else []))
     )
     encoded_users = _users(user_ids, users, user_rows[n_events:], regions, brands, sellers)
-    encoded_events, unknown_sku = _events(events.frame, catalog["sku"], user_rows[:n_events], regions, devices)
+    if keep is None:
+        keep = pl.repeat(True, n_events, dtype=pl.Boolean, eager=True)
+    encoded_events, unknown = _events(events.frame, catalog["sku"], user_rows[:n_events], keep, regions, devices)
+    n_unknown = int(unknown.sum())
+    notes: tuple[str, ...] = ()
+    if n_unknown:
+        first = int(unknown.arg_max())
+        where = f"row {first + 1}" + (f" (line {first + 2})" if events.file.is_csv else "")
+        notes = (
+            f"{events.file.name}: dropped {n_unknown:,} event{'s' * (n_unknown > 1)} naming a sku the catalog does not "
+            f"have, the first at {where}: {shown(events.frame['sku'][first])}",
+        )
 
     report = IngestReport(
         rows_read={t.file.name: t.rows for t in tables.values()},
-        events_unknown_sku=unknown_sku,
+        events_unknown_sku=n_unknown,
         ignored_columns={t.file.name: t.ignored_columns for t in tables.values()},
         fingerprints=fingerprints,
+        notes=notes,
     )
     return Store(
         items=items,
@@ -163,10 +182,12 @@ def _events(
     frame: pl.DataFrame,
     skus: pl.Series,
     user_row: pl.Series,
+    keep: pl.Series,
     regions: tuple[str, ...],
     devices: tuple[str, ...],
-) -> tuple[Events, int]:
-    """Events of known SKUs, stably sorted by ts; and the number dropped for an unknown SKU."""
+) -> tuple[Events, pl.Series]:
+    """The kept events of known SKUs, stably sorted by ts; and which kept rows (Boolean, file
+    order) were dropped for naming an unknown SKU."""
     item_row = lookup(frame["sku"], skus)
     known = item_row.is_not_null()
     coded = (
@@ -184,7 +205,7 @@ def _events(
                 "region": codes(frame["region"], regions, np.int16),
             }
         )
-        .filter(known)
+        .filter(keep & known)
         .sort("ts", maintain_order=True)  # stable: ties keep input order
     )
     ts = coded["ts"].to_numpy().astype(np.int64)
@@ -201,4 +222,4 @@ def _events(
         device=coded["device"].to_numpy().astype(np.int8),
         region=coded["region"].to_numpy().astype(np.int16),
     )
-    return events, len(frame) - int(known.sum())
+    return events, keep & ~known
