@@ -48,11 +48,12 @@ from engine.errors import (
     NotFound,
     NotReady,
     Overloaded,
+    StorageFull,
     TooLarge,
     TooManyRequests,
     UnsupportedMediaType,
 )
-from engine.eventlog import EventLog, EventLogError
+from engine.eventlog import EventLog, EventLogError, EventLogFull
 from engine.inventory.state import ItemState, StateError, Status, state_path
 from engine.context import RequestContext
 from engine.experiments import Assigner, Assignment, open_variant_bundle, variant_bundles
@@ -128,6 +129,7 @@ class Engine:
         # The event log counts this process's slates itself; what was already copied to metrics:
         self._slates_copied = (0, 0)  # (logged, dropped)
         self.slate_failures = 0  # slates that could not be built or queued (logged now and then)
+        self.storage_failures = 0  # event batches the log could not store (logged now and then)
         # Merged totals every SAMPLE_EVERY_S over the last RATE_WINDOW_S (oldest first): any
         # worker can then answer /status with rates over the last minute.
         self.samples: collections.deque[Totals] = collections.deque()
@@ -475,7 +477,7 @@ class App:
                 status, body, headers = self._status_page()
             elif path == "/openapi.json":
                 _allow(method, "GET")
-                status, body, headers = 200, openapi_document(), JSON_HEADERS
+                status, body, headers = 200, openapi_document(self.engine.settings), JSON_HEADERS
             else:
                 raise NotFound(f"no route {path}; see /openapi.json")
         except ApiError as exc:
@@ -633,7 +635,14 @@ class App:
         try:
             result = (await log_.append_async(batch.events)).response()
         except EventLogError as exc:
-            raise NotReady(f"events not stored: {exc}", retry_after=settings.events.retry_after_s) from exc
+            # The whole story (paths, LMDB's words) is for the operator's log; the client learns
+            # what it needs: nothing was stored, and when to retry.
+            engine = self.engine
+            if engine.storage_failures % 100 == 0:  # the first, then one in a hundred
+                log.error("worker %d: an event batch was not stored (%d so far): %s", os.getpid(), engine.storage_failures + 1, exc)
+            engine.storage_failures += 1
+            why = "the event log is full" if isinstance(exc, EventLogFull) else "the event log could not make them durable (is its disk full?)"
+            raise StorageFull(f"events not stored: {why}; nothing of this batch was kept, retry later", retry_after=settings.events.retry_after_s) from exc
         m = self.engine.metrics
         if m is not None:
             m.inc("aisle_events_total", float(result.accepted), outcome="accepted")

@@ -55,5 +55,12 @@ class Overloaded(ApiError):
     status, kind = 503, "overloaded"
 
 
+class StorageFull(ApiError):
+    """The event log could not make a batch durable (its map or its disk is full, or a write
+    failed): nothing of the batch was stored."""
+
+    status, kind = 503, "storage_unavailable"
+
+
 class NotReady(ApiError):
     status, kind = 503, "not_ready"

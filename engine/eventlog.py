@@ -594,7 +594,7 @@ class EventLog:
         except lmdb.MapFullError as exc:
             raise EventLogFull(
                 f"{self.path}: the event log's map ({self._env.info()['map_size']} bytes) is full; "
-                "export and archive the log, or raise MAP_SIZE in every process"
+                "export and archive the log, or raise events.map_size_mib (up to the 64 GiB every reader opens it with)"
             ) from exc
         except lmdb.Error as exc:
             raise EventLogError(f"{self.path}: could not make the batch durable: {exc}") from exc

@@ -586,8 +586,20 @@ def _create(path: Path, layout: Layout) -> None:
     _HEAD.pack_into(header, 0, MAGIC, FORMAT_VERSION, HEADER_BYTES, MAX_SLOTS, layout.n_columns, layout.digest)
     with open(tmp, "wb") as fh:
         fh.write(header)
-        fh.truncate(HEADER_BYTES + 8 * MAX_SLOTS * layout.n_columns)  # sparse zeros
+        fh.truncate(HEADER_BYTES + 8 * MAX_SLOTS * layout.n_columns)
+        _allocate(fh.fileno(), HEADER_BYTES + 8 * MAX_SLOTS * layout.n_columns)
     os.replace(tmp, path)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file's every block now. A sparse file's hole is only given a block when a store
+    into the mapping first touches it, and on a full disk that store is a SIGBUS that kills the
+    worker (and two such deaths in a row make Granian stop the server). Allocating at start turns
+    a full disk into a clear error before serving instead."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        raise MetricsError(f"cannot allocate {size} bytes for the metrics file: {exc.strerror} (is the state directory's disk full?)") from exc
 
 
 class _Claim:
@@ -610,6 +622,7 @@ class _Claim:
                     _create(path, layout)
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 try:
+                    _allocate(fd, HEADER_BYTES + 8 * MAX_SLOTS * layout.n_columns)  # a file an older version left sparse
                     self.mm = mmap.mmap(fd, HEADER_BYTES + 8 * MAX_SLOTS * layout.n_columns)
                 finally:
                     os.close(fd)

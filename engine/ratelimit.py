@@ -56,6 +56,8 @@ class RateLimiter:
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)  # zeros: window 0 never matches a current window index
+            # Every block now: a store into a hole of a sparse mapping on a full disk is a SIGBUS.
+            os.posix_fallocate(fd, 0, size)
             self._mm = mmap.mmap(fd, size)
         except OSError as exc:
             raise RateLimitError(f"{self._path}: cannot map the rate-limit counters: {exc}") from exc

@@ -11,6 +11,7 @@ bundle, assigns the request once and hands the assignment to the one that serves
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from kernels import mmr as kernels_mmr
 
 LIST_PARAMS = frozenset({"cart", "recent", "exclude", "block_brands", "block_sellers", "candidates"})
 CURSOR_PREFIX = "c1."
+CURSOR_RE = re.compile(r"c1\.([0-9]+)")  # = CURSOR_PREFIX and the offset (engine.openapi documents the same pattern)
 
 
 def decode_query(raw: str, settings: Settings) -> RecommendQuery:
@@ -127,12 +129,17 @@ def validate_query(query: RecommendQuery, settings: Settings) -> RecommendQuery:
 def parse_cursor(cursor: str | None, max_offset: int) -> int:
     if cursor is None:
         return 0
-    if not cursor.startswith(CURSOR_PREFIX) or not cursor[len(CURSOR_PREFIX) :].isdigit():
-        raise BadRequest(f"'cursor' {cursor!r} is not a cursor this API returned")
-    offset = int(cursor[len(CURSOR_PREFIX) :])
-    if offset > max_offset:
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits and superscripts
+    # ('c1.²' passed isdigit, then int() raised: a 500), and a cursor this API returned has none.
+    match = CURSOR_RE.fullmatch(cursor)
+    if match is None:
+        raise BadRequest(f"'cursor' {cursor[:80]!r} is not a cursor this API returned")
+    # Digits beyond the deepest page's are too deep whatever they say; cutting them off first
+    # also keeps int() away from Python's limit on digits per conversion (a 500 otherwise).
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(max_offset)) or int(digits) > max_offset:
         raise Invalid(f"'cursor' goes past the deepest page ({max_offset} items)")
-    return offset
+    return int(digits)
 
 
 @dataclass(frozen=True)
