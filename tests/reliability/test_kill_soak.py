@@ -35,9 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog import EventLog
 from tests._server import Server
-from tests.reliability._soak import SOAK, report
+from tests.reliability._soak import SOAK, report, stored_event_ids
 
 pytestmark = pytest.mark.slow
 
@@ -330,12 +329,7 @@ def test_kill_9_workers_under_load_loses_no_acknowledged_event(tiny_bundle: Path
         for t in threads:
             t.join(timeout=10)
 
-    log = EventLog(state, readonly=True)
-    try:
-        stored = [event.event_id for _, event in log.iter_events()]
-        last_seq = log.last_seq()
-    finally:
-        log.close()
+    stored, last_seq = stored_event_ids(state)
     acked: set[str] = set().union(*(t.acked for t in tallies))
     counts = collections.Counter(stored)
     statuses: collections.Counter = sum((t.statuses for t in tallies), collections.Counter())

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog import EventLog
 from tests._server import Reply, Server
-from tests.reliability._soak import SOAK, report
+from tests.reliability._soak import SOAK, report, stored_event_ids
 from tests.reliability.test_kill_soak import worker_pids
 
 pytestmark = pytest.mark.slow
@@ -119,12 +118,7 @@ class Ledger:
 
     def check_log(self, state: Path) -> dict[str, int]:
         """Stored = acknowledged, exactly once each; no id of a batch still refused is stored."""
-        log = EventLog(state, readonly=True)
-        try:
-            stored = [event.event_id for _, event in log.iter_events()]
-            last_seq = log.last_seq()
-        finally:
-            log.close()
+        stored, last_seq = stored_event_ids(state)
         refused = {i for name, ids in self.refused.items() if name not in self.uncertain for i in ids}
         figures = {
             "acked": len(self.acked),
