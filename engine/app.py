@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal
 
+import lmdb
 import msgspec
 import numpy as np
 
@@ -130,6 +131,7 @@ class Engine:
         self._slates_copied = (0, 0)  # (logged, dropped)
         self.slate_failures = 0  # slates that could not be built or queued (logged now and then)
         self.storage_failures = 0  # event batches the log could not store (logged now and then)
+        self.live_problem: str | None = None  # why the live event log is not open, when it is not
         # Merged totals every SAMPLE_EVERY_S over the last RATE_WINDOW_S (oldest first): any
         # worker can then answer /status with rates over the last minute.
         self.samples: collections.deque[Totals] = collections.deque()
@@ -149,13 +151,21 @@ class Engine:
         if any(limit > 0 for limit in limits):
             # The worker's row in the shared counters is its metrics slot (one per live process).
             self.limiter = RateLimiter(state, self.guard.digests(), limits, s.security.rate_window_s, self.metrics.slot)
-        self.events = EventLog(
-            state,
-            map_size=s.events.map_size_mib << 20,
-            half_life_s=s.events.half_life_s,
-            recent_limit=s.events.recent_limit,
-            slate_queue_limit=s.events.slate_queue_limit,
-        )
+        try:
+            self.events = EventLog(
+                state,
+                map_size=s.events.map_size_mib << 20,
+                half_life_s=s.events.half_life_s,
+                recent_limit=s.events.recent_limit,
+                slate_queue_limit=s.events.slate_queue_limit,
+            )
+        except (EventLogError, lmdb.Error, OSError) as exc:
+            # Recommendations do not need the live store: serve without it (no live history or
+            # counters; event posts get 503) rather than crash-loop every worker, which makes
+            # Granian stop the whole server.
+            self.events = None
+            self.live_problem = f"the live event log cannot be opened: {exc}"
+            log.error("worker %d: %s; serving without live history, event posts answered 503", os.getpid(), self.live_problem)
         self.assigner = Assigner(s)
         self.pins = variant_bundles(s)
         target = self.current_target()
@@ -367,6 +377,8 @@ class Engine:
             return []
         r = rec.load_report
         parts = [(part, why) for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+        if self.live_problem:
+            parts.append(("live store", self.live_problem))
         live = self.settings is not None and self.settings.inventory.enabled
         if live and rec.view.inventory is None:
             parts.append(("live inventory", "no synced item state: serving the bundle's stock flags"))
@@ -617,8 +629,10 @@ class App:
         """202 only once the batch is fsynced (group commit across concurrent requests); a batch
         the log cannot store gets 503 + Retry-After, never a 202."""
         settings, log_ = self.engine.settings, self.engine.events
-        if settings is None or log_ is None:
+        if settings is None:
             raise NotReady("the event log is not open yet", retry_after=1)
+        if log_ is None:
+            raise StorageFull("events not stored: the live event log could not be opened (see the server log)", retry_after=settings.events.retry_after_s)
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise UnsupportedMediaType(f"send events as application/json, not {content_type or 'no content type'}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from artifacts import layout
 from artifacts.bundle import Bundle, Csr
+from artifacts.errors import BundleCorruptError
 from artifacts.snapshot import ShopperSnapshot
 from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
@@ -72,11 +73,12 @@ class CatalogView:
         self.inventory: ItemState | None = None
         self.events: EventLog | None = None  # the host's live event log (counters since the build)
         self._live_counts: LiveCounts | None = None  # this worker's cache over events' counters
-        if load_index:
+        # Here an absent part is simply not loaded; the loaders themselves say so (see below).
+        if load_index and bundle.has(layout.ITEM_INDEX):
             self.load_index()
-        if load_tower:
+        if load_tower and bundle.has(layout.USER_TOWER):
             self.load_tower()
-        if load_snapshot:
+        if load_snapshot and bundle.has(layout.SHOPPER_SNAPSHOT):
             self.load_snapshot()
         # Per-worker scratch for the gather/merge kernels: all -1 between calls. Requests run one
         # at a time per worker, so one buffer suffices.
@@ -107,13 +109,19 @@ class CatalogView:
             return o.price, o.discount, (o.in_stock != 0) & (o.retired == 0) & (o.unsettled == 0)
         return self.price[rows], self.discount[rows], self.in_stock[rows] != 0
 
-    # Optional parts: each loader raises if the part is present but unusable; the caller decides
-    # whether that is fatal (the builder) or a step down the degradation ladder (the engine).
+    # Optional parts: each loader raises if the part is absent or unusable; the caller decides
+    # whether that is fatal (the builder) or a step down the degradation ladder (the engine, whose
+    # load report, /readyz and /status then name the part: a bundle sealed without its snapshot
+    # serves degraded, and must say so).
+    def _absent(self, rel: str, serves: str) -> BundleCorruptError:
+        return BundleCorruptError(f"{self.bundle.path(rel)}: missing bundle part (not in this bundle): {serves}")
+
     def load_index(self) -> None:
-        if self.bundle.has(layout.ITEM_INDEX):
-            self.index = VectorIndex.open(self.bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=self.expansion_search)
-            self.nearest = NearestInStock(self.index, self.vectors, self.exact_max_rows, self.max_oversample)
-            self.context_nearest = ContextNearest(self.vectors)
+        if not self.bundle.has(layout.ITEM_INDEX):
+            raise self._absent(layout.ITEM_INDEX, "no vector search; the other sources and popular lists serve")
+        self.index = VectorIndex.open(self.bundle.path(layout.ITEM_INDEX), ndim=self.dim, expansion_search=self.expansion_search)
+        self.nearest = NearestInStock(self.index, self.vectors, self.exact_max_rows, self.max_oversample)
+        self.context_nearest = ContextNearest(self.vectors)
 
     def search_in_stock(self, query: np.ndarray, k: int, expansion: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Up to k nearest items to query that are in stock now (engine.nearest); needs the index.
@@ -130,11 +138,13 @@ class CatalogView:
         return found if found is not None else self.search_in_stock(query, k)
 
     def load_tower(self) -> None:
-        if self.bundle.has(layout.USER_TOWER):
-            self.tower = UserTower(self.bundle.path(layout.USER_TOWER), threads=1)
+        if not self.bundle.has(layout.USER_TOWER):
+            raise self._absent(layout.USER_TOWER, "no shopper vectors; shoppers are served without the user tower")
+        self.tower = UserTower(self.bundle.path(layout.USER_TOWER), threads=1)
 
     def load_snapshot(self) -> None:
-        if self.bundle.has(layout.SHOPPER_SNAPSHOT):
-            manifest = self.bundle.manifest
-            map_size = int(manifest.dims.get("snapshot_map_size", 1 << 30)) if manifest else 1 << 34
-            self.snapshot = ShopperSnapshot(self.bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)
+        if not self.bundle.has(layout.SHOPPER_SNAPSHOT):
+            raise self._absent(layout.SHOPPER_SNAPSHOT, "no shopper features; shoppers are served from their session and popular lists")
+        manifest = self.bundle.manifest
+        map_size = int(manifest.dims.get("snapshot_map_size", 1 << 30)) if manifest else 1 << 34
+        self.snapshot = ShopperSnapshot(self.bundle.path(layout.SHOPPER_SNAPSHOT), map_size=map_size)

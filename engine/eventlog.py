@@ -46,6 +46,7 @@ import asyncio
 import collections
 import hashlib
 import math
+import os
 import struct
 import threading
 import time
@@ -112,6 +113,15 @@ _COUNTER_OF_TYPE: dict[int, int] = {
 # Event types that say something about interest and enter the shopper's recent ring (the same ones
 # the builder learns from).
 INTERACTIONS = frozenset({EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE})
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class EventLogError(Exception):
@@ -345,6 +355,7 @@ class EventLog:
             self._slate_db: lmdb._Database | None = self._env.open_db(b"slates", create=True) if create else None
             self.half_life_s = self._check_format(half_life_s)
             self._page_size = int(self._env.stat()["psize"])
+            self._file_id = _identity(self.path)
         except BaseException:
             self._env.close()
             raise
@@ -573,6 +584,11 @@ class EventLog:
         result, the first slate's seq or 0)."""
         if self.readonly:
             raise EventLogError(f"{self.path}: opened read-only; cannot append")
+        if _identity(self.path) != self._file_id:
+            # Deleted or replaced under us: commits would go to an unlinked file (acknowledged,
+            # then gone), or this process and a respawned one would write to different logs.
+            raise EventLogError(f"{self.path}: the event log file was removed or replaced since this process opened it; "
+                                "nothing is written until the server is restarted")
         if slates and self._map_share() > SLATE_MAP_SHARE:
             raise EventLogFull(f"{self.path}: over {SLATE_MAP_SHARE:.0%} of the map is used; the rest is kept for events, so no slate is written")
         first_slate = 0

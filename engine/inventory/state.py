@@ -679,6 +679,54 @@ class Baseline(NamedTuple):
         return cls(*(bundle.item_column(name) for name in ("in_stock", "stock_qty", "price", "discount")))
 
 
+def carried_deltas(state: ItemState, baseline: Baseline) -> list[Delta]:
+    """The deltas that turn `baseline` (the values of the bundle `state` belongs to) into `state`'s
+    rows: for each base row that differs, its stock, price, discount and promotion (or its
+    retirement); for each visible new-SKU row that is not retired, its listing and promotion.
+    Applied to another bundle (StateWriter.rebase), they carry what the live feed had set over to
+    that bundle's state while the publisher cannot be asked for a snapshot. `state.items` must be
+    its bundle's id map. Rows are read without their seqlock: meant for a state whose writer is
+    idle (a silent publisher); a row caught mid-write is set right by the next resync."""
+    if state.items is None:
+        raise ValueError("carried_deltas needs the state's bundle id map (ItemState items=...)")
+    out: list[Delta] = []
+    n = state.n_base
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        stock = (state.in_stock[a:b] != baseline.in_stock[a:b]) | (state.stock_qty[a:b] != baseline.stock_qty[a:b])
+        price = state.price[a:b] != baseline.price[a:b]
+        discount = state.discount[a:b] != baseline.discount[a:b]
+        promo = state.promo[a:b] != 0
+        retired = state.retired[a:b] != 0
+        changed = np.flatnonzero(stock | price | discount | promo | retired)
+        for i, sku in zip(changed.tolist(), state.items.ids_of(changed + a)):
+            row = a + i
+            if retired[i]:
+                out.append(Retire(sku))
+                continue
+            if stock[i]:
+                out.append(Stock(sku, bool(state.in_stock[row]), int(state.stock_qty[row])))
+            if price[i]:
+                out.append(Price(sku, float(state.price[row])))
+            if discount[i]:
+                out.append(Discount(sku, float(state.discount[row])))
+            if promo[i]:
+                out.append(Promotion(sku, int(state.promo[row])))
+    for row in range(n, n + state.n_new):
+        if state.retired[row]:
+            continue
+        item = state.new_item(row)
+        text = state.text_embedding[row - n].tolist() if state.text_dim else None
+        out.append(NewSku(
+            sku=item.sku, title=item.title, category_path=item.category_path, brand=item.brand, seller=item.seller,
+            price=float(state.price[row]), discount=float(state.discount[row]), in_stock=bool(state.in_stock[row]),
+            qty=int(state.stock_qty[row]), created_at=item.created_at, text_embedding=text,
+        ))
+        if state.promo[row]:
+            out.append(Promotion(item.sku, int(state.promo[row])))
+    return out
+
+
 class Applied(msgspec.Struct):
     applied: int = 0  # deltas stored
     rejected: int = 0  # could not be stored (bad embedding width)

@@ -44,6 +44,7 @@ from engine.inventory.state import (
     StateError,
     StateWriter,
     Status,
+    carried_deltas,
     state_path,
 )
 from engine.inventory.wire import DeltaBatch, NewSku, SnapshotChunk, SnapshotRequest, WireError
@@ -97,6 +98,11 @@ class Subscriber:
         self._buffer: deque[DeltaBatch] = deque(maxlen=max_buffer)
         self._received = 0
         self._last_heard = time.monotonic()
+        # A state that already holds a synced picture (a file this host's previous subscriber left,
+        # or one carried over from the previous bundle's state by `carry`) stays `silent` during the
+        # start resync instead of `resyncing`, so workers keep its last state when the publisher
+        # cannot be reached (rather than the bundle's own stock flags: items sold out would return).
+        self._carried = state.status in (Status.SYNCED, Status.SILENT)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -215,7 +221,27 @@ class Subscriber:
             log.info("inventory subscriber %s: resync (%s)", self.name, reason)
             self._need = reason
             self._retry_at = time.monotonic()
-            self.state.set_status(Status.RESYNCING)
+            carried = self._carried and self._key is None  # never synced by this subscriber yet
+            self.state.set_status(Status.SILENT if carried else Status.RESYNCING)
+
+    def carry(self, previous: ItemState, baseline: Baseline) -> int:
+        """Start this (new, not yet running) subscriber's state from `previous`, the state of the
+        bundle it replaces, while that one's publisher is silent: every row the live feed had
+        changed there is set here too (the same SKUs), with its progress, and the state is marked
+        `silent` (synced once, nothing heard since) until its own first resync, which rebases it
+        on this bundle and the publisher's snapshot as usual. `baseline`: the values of
+        `previous`'s bundle. Returns the deltas applied."""
+        deltas = carried_deltas(previous, baseline)
+        # SKUs that left the catalog with this bundle are not carried (they would count as unknown).
+        listed = {d.sku for d in deltas if type(d) is NewSku}
+        deltas = [d for d in deltas if d.sku in listed or self.writer.items.row_of(d.sku) >= 0]
+        done = self.writer.rebase(deltas)
+        self._record(done)
+        p = previous.progress()
+        self.state.set_progress(p.publisher, p.epoch, p.seq, updated_at=p.updated_at)
+        self.state.set_status(Status.SILENT)
+        self._carried = True
+        return done.applied
 
     # --- snapshot --------------------------------------------------------------------------------
 
@@ -348,17 +374,27 @@ def follow(
 
     When `current` moves, create the new build's state file (from the new bundle), start a second
     subscriber on it, wait until it is synced (or `sync_timeout_s`), then stop the old one unless an
-    arm pins it. State files of builds other than the current, the previous and the pinned ones are
-    deleted (unlinking is safe while workers still map them). A pinned bundle that cannot be
-    opened is retried every `check_s` (the engine's start already refused one that is missing)."""
+    arm pins it. If the publisher is silent when `current` moves (gone: the new state cannot sync),
+    the new state starts from the previous one's rows instead (`Subscriber.carry`) and says
+    `silent`, so workers serve the last known stock, not the new bundle's own flags, until the
+    publisher is back and a resync settles it. State files of builds other than the current, the
+    previous and the pinned ones are deleted (unlinking is safe while workers still map them). A
+    pinned bundle that cannot be opened is retried every `check_s` (the engine's start already
+    refused one that is missing)."""
     pins = set(pinned)
     runs: dict[str, _Running] = {}  # build id → its subscriber: the pinned ones and the current one
     running: _Running | None = None
 
-    def start(root: Path) -> _Running:
+    def start(root: Path, previous: _Running | None = None) -> _Running:
         bundle = open_bundle(root, verify="sizes")
         state = ItemState.create(state_path(state_dir, bundle.build_id), bundle, capacity, text_dim=text_dim)
         sub = Subscriber(state, bundle.items, updates_endpoint, snapshot_endpoint, bundle=bundle, name=name, embed=make_embedder(bundle))
+        if previous is not None and previous.state.status == Status.SILENT:
+            # The publisher is gone: this state could not sync, and workers would serve the new
+            # bundle's own stock flags. Start it from the last state instead.
+            carried = sub.carry(previous.state, Baseline.of(previous.bundle))
+            log.warning("inventory: the publisher is silent; %s starts from the last state of %s (%d deltas) until it can sync",
+                        bundle.build_id, previous.bundle.build_id, carried)
         run = _Running(root, bundle, state, sub)
         run.thread.start()
         runs[bundle.build_id] = run
@@ -377,7 +413,7 @@ def follow(
                 if running is None or root != running.root:
                     fresh = runs.get(root.name) if root.name in pins else None  # already kept, by its pin
                     if fresh is None:
-                        fresh = start(root)
+                        fresh = start(root, running)
                     if running is not None:
                         deadline = time.monotonic() + sync_timeout_s
                         while not stop.is_set() and time.monotonic() < deadline and not fresh.sub.synced.wait(0.1):
