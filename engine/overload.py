@@ -6,10 +6,13 @@ rest wait in Granian, outside Python's memory). What the shopper feels is the ti
 waits there, and Python cannot see a request before it runs. So the shedder measures the queue
 from the inside: a heartbeat timer is due every PERIOD_S; while it has not run, the loop is busy
 with callbacks queued ahead of it (the ready queue is first in, first out), so any request that
-starts now has waited at least `now - due`. A request that finds the heartbeat overdue by more
-than `limits.max_queue_delay_ms` is refused at once: a refusal costs microseconds, so a backlog
-drains quickly and the requests after it are served on time again, instead of every request
-waiting behind every other one (latency growing without bound while the client gives up).
+starts now has waited at least `now - due`. That is a lower bound: the loop runs the requests
+queued when a pass began, and a request may have arrived during the pass before, so it may have
+waited up to twice what the heartbeat shows. A request that finds the heartbeat overdue by more
+than half of `limits.max_queue_delay_ms` is therefore refused at once, so that the ones served
+waited about that bound at most. A refusal costs microseconds: a backlog drains quickly and the
+requests after it are served on time again, instead of every request waiting behind every other
+one (latency growing without bound while the client gives up).
 
 Requests that wait on I/O inside the app (a body being uploaded, an event batch waiting for its
 group commit) do not hold the loop; they are bounded by count instead (`limits.max_in_flight`),
@@ -37,7 +40,8 @@ class Shedder:
     __slots__ = ("max_delay_s", "max_in_flight", "in_flight", "peak", "_due", "_loop", "_handle")
 
     def __init__(self, max_queue_delay_ms: float, max_in_flight: int) -> None:
-        self.max_delay_s = max_queue_delay_ms / 1000.0
+        # The heartbeat shows at least half of the longest wait (see the module docstring).
+        self.max_delay_s = max_queue_delay_ms / 1000.0 / 2.0
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.peak = 0.0  # longest wait seen by `check` since the last `take_peak`

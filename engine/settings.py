@@ -159,9 +159,11 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     runtime_mode: str = "auto"  # Granian's Rust I/O runtime per worker: auto | st (single-threaded) | mt
     http: str = "auto"  # auto | 1 (HTTP/1.1 only: no HTTP/2 preface detection) | 2
     backlog: int = 1024
-    # Requests Granian hands one worker at once; more wait in Granian (not in Python's memory)
-    # until one finishes. With `limits.max_queue_delay_ms` this bounds each worker's queue.
-    backpressure: int = 256
+    # Connections Granian hands one worker at once (each carries one request at a time); more wait
+    # in the kernel's accept queue, unseen by the overload check, until one closes. Keep it above
+    # the connections a load balancer or proxy pool opens: the overload check (limits) then sees
+    # every waiting request, and refuses the ones that waited too long.
+    backpressure: int = 1024
 
 
 class SecuritySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
