@@ -7,6 +7,10 @@ writes catalog, events and users in the canonical schema (artifacts.schema) plus
 hidden parameters that produced them (see `builder.synth.writer` for the layout). Modules:
 `taxonomy`, `brands`, `sellers`, `catalog` (items), `shoppers`, `visits` (when sessions happen),
 `sessions` (the numba session simulator), `identifiers`, `writer`, `store` (`generate`).
+
+`generate(..., purchase_delay_days=3.0)` (opt-in; default 0) makes purchases arrive an exponential
+delay after checkout and cuts those due after the log's end: the store delayed-label handling
+(builder.labels) is tested on. Without it the output is exactly what it always was.
 """
 
 from builder.synth.scales import SCALES, Scale

@@ -22,6 +22,13 @@ clicked item's page. At the end of the session the cart is checked out with prob
 `checkout_rate`; each cart item is bought with a probability rising with affinity, and a planted
 complement added after its anchor is bought with `complement_buy` when the anchor is.
 
+Delayed purchases (opt-in, `purchase_delay_days > 0`; default 0 keeps every store byte for byte as
+before): the shopper decides at checkout as above, but pays when they come back, an exponential
+delay with that mean later (one delay per checkout, drawn after the purchase decisions so the same
+items are bought as without a delay). A purchase that would land at or after the horizon's end is
+not logged — it has not happened yet when the log ends — rather than clamped like in-session events:
+that right-censoring is what delayed-label handling (builder.labels) has to correct.
+
 The kernel is `numba.njit`. Each session reseeds NumPy's generator inside the kernel from a
 per-session seed drawn up front, so results depend only on (scale, seed), not on how the session
 list is chunked or on the output buffer's growth.
@@ -229,8 +236,11 @@ def _simulate(
     bs: np.ndarray,
     exam: np.ndarray,
     m: BrowsingModel,
+    purchase_delay_s: float,
 ) -> tuple[int, int, int]:
     """Simulate sessions [s_begin, s_end) appending at event row `n`.
+
+    `purchase_delay_s` > 0: mean of the exponential delay between checkout and payment (seconds).
 
     Stops early, at a session boundary, when the buffers might overflow. Returns
     (events written so far, requests so far, next session to simulate).
@@ -457,12 +467,21 @@ def _simulate(
                 else:
                     p_buy = _sigmoid(m.purchase_bias + m.purchase_affinity * cart_aff[k])
                 bought[k] = np.random.random() < p_buy
-                if bought[k]:
-                    n = _emit(
-                        ts_out, rec, n, t, horizon_end, s, cart_item[k], PURCHASE, 0,
-                        cart_surface[k], cart_req[k], cart_pos[k],
-                    )  # fmt: skip
-                    t += 1
+            delayed = purchase_delay_s > 0.0
+            if delayed:
+                # Drawn after the decisions (and only when asked for), so the session's other draws,
+                # and so every other event, match the store without delays.
+                t += int(np.random.exponential(purchase_delay_s))
+            for k in range(n_cart):
+                if not bought[k]:
+                    continue
+                if delayed and t >= horizon_end:
+                    break  # censored: paid after the log ends
+                n = _emit(
+                    ts_out, rec, n, t, horizon_end, s, cart_item[k], PURCHASE, 0,
+                    cart_surface[k], cart_req[k], cart_pos[k],
+                )  # fmt: skip
+                t += 1
     return n, n_requests, s_end
 
 
@@ -475,8 +494,16 @@ def simulate_sessions(
     seed: int,
     model: BrowsingModel = BrowsingModel(),
     progress: Callable[[str, int, int], None] | None = None,
+    purchase_delay_days: float = 0.0,
 ) -> Log:
-    """Every session in `visits`, deterministic in `seed`; events in session order."""
+    """Every session in `visits`, deterministic in `seed`; events in session order.
+
+    `purchase_delay_days` > 0 delays each checkout's purchases by an exponential delay with that
+    mean (days) and leaves out those falling at or after `horizon_end` (see the module docstring);
+    0 keeps the in-session checkout. Raises ValueError for a negative or non-finite delay.
+    """
+    if not (np.isfinite(purchase_delay_days) and purchase_delay_days >= 0.0):
+        raise ValueError(f"purchase_delay_days must be a finite number ≥ 0, got {purchase_delay_days}")
     rng = np.random.default_rng([seed, 4])
     n_sessions = len(visits)
     session_seed = rng.integers(0, 2**32, size=n_sessions, dtype=np.uint64).astype(np.int64)
@@ -502,7 +529,7 @@ def simulate_sessions(
             tree.leaf_complements, by_created, created_sorted,
             shoppers.taste, shoppers.price_sensitivity, shoppers.interest_leaf, shoppers.interest_cum,
             shoppers.blocked_brands_ptr, shoppers.blocked_brands, shoppers.blocked_sellers_ptr,
-            shoppers.blocked_sellers, exam, model,
+            shoppers.blocked_sellers, exam, model, float(purchase_delay_days) * DAY,
         )  # fmt: skip
         if s < stop:
             grow = max(cap // 2, 4_096)

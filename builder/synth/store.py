@@ -66,6 +66,7 @@ def generate(
     *,
     overwrite: bool = False,
     end: int | None = None,
+    purchase_delay_days: float = 0.0,
 ) -> SynthSummary:
     """Generate the synthetic store `scale` (a name in SCALES or a Scale) with `seed` into `out`.
 
@@ -73,14 +74,20 @@ def generate(
     `end`: epoch seconds the event log ends at, floored to a whole UTC day (default: a fixed date,
     visits.HORIZON_END); `aisle synth --end now` makes a store the simulator can continue.
     `out` must not exist or be empty unless `overwrite=True` (then it is replaced atomically).
+    `purchase_delay_days` > 0 (opt-in) makes purchases arrive an exponential delay with that mean
+    after checkout, and leaves out those due after `end` (sessions.py; the long-delay store that
+    builder.labels is tested on); it is then recorded in truth/store.json as
+    `parameters.purchase_delay_days`. The default 0 writes exactly the store it always did.
     `progress(stage, done, total)` is called for stages catalog, shoppers, visits, sessions (done =
     sessions simulated), write (files), events (rows written), publish.
-    Raises ValueError for a bad scale or seed, FileExistsError for a non-empty `out`.
+    Raises ValueError for a bad scale, seed or delay, FileExistsError for a non-empty `out`.
     """
     started = time.perf_counter()
     spec = resolve_scale(scale)
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+    if not (np.isfinite(purchase_delay_days) and purchase_delay_days >= 0.0):
+        raise ValueError(f"purchase_delay_days must be a finite number ≥ 0, got {purchase_delay_days}")
     out = Path(out)
     writer.check_destination(out, overwrite)
     report = progress if progress is not None else (lambda stage, done, total: None)
@@ -98,12 +105,17 @@ def generate(
     visits = schedule_visits(shoppers, spec.sessions_per_shopper, start, end, seed)
     report("visits", 1, 1)
     model = BrowsingModel()
-    log = simulate_sessions(catalog, shoppers, visits, end, spec.slate_size, seed, model, progress)
+    log = simulate_sessions(
+        catalog, shoppers, visits, end, spec.slate_size, seed, model, progress, purchase_delay_days
+    )
 
     by_type = np.bincount(log.type, minlength=len(EVENT_TYPE_NAMES))
     events_by_type = {name: int(by_type[code]) for code, name in enumerate(EVENT_TYPE_NAMES)}
     ids = writer.Ids(seed, len(catalog), len(shoppers), len(visits), log.n_requests)
     info = _store_info(spec, seed, start, end, catalog, shoppers, visits, log, events_by_type, model)
+    if purchase_delay_days > 0.0:
+        # Only when asked for: a default store's store.json stays exactly what it was.
+        info["parameters"]["purchase_delay_days"] = float(purchase_delay_days)  # type: ignore[index]
     tmp = writer.staging_dir(out)
     published = False
     try:
