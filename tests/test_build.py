@@ -23,7 +23,7 @@ from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
-from engine.settings import Settings
+from tests._settings import unhurried
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def test_snapshot_holds_every_shopper_with_blocks(tiny_bundle: Path, tiny_store:
 
 def test_pipeline_serves_in_stock_unblocked_items_from_the_bundle(tiny_bundle: Path) -> None:
     bundle = open_bundle(tiny_bundle / "current")
-    rec = Recommender(bundle, Settings(), live=None)
+    rec = Recommender(bundle, unhurried(), live=None)
     view = rec.view
     now = bundle.manifest.dims["end_ts"]
     for row in range(0, len(bundle.users), 25):

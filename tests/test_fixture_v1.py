@@ -9,7 +9,7 @@ from artifacts.bundle import open_bundle
 from artifacts.featurespec import FEATURE_NAMES
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
-from engine.settings import Settings
+from tests._settings import unhurried
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bundle-v1"
 
@@ -28,7 +28,7 @@ def test_frozen_v1_feature_spec_is_the_engines() -> None:
 
 def test_frozen_v1_bundle_serves_every_surface() -> None:
     bundle = open_bundle(FIXTURE, verify="sizes")
-    rec = Recommender(bundle, Settings(), live=None)
+    rec = Recommender(bundle, unhurried(), live=None)
     assert rec.load_report.ranker is None and rec.load_report.index is None
     rec.warm()  # as a worker does before it serves: a cold first request pays numba's start-up and misses its deadline
     now = bundle.manifest.dims["end_ts"]

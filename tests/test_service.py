@@ -15,17 +15,14 @@ from artifacts.bundle import open_bundle
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
 from engine.settings import DeadlineSettings, RankingSettings, Settings
+from tests._settings import unhurried
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def recommender(tiny_bundle: Path) -> Recommender:
-    # A deadline no shared, loaded test machine can hit: these tests check what is served, and a
-    # request that ran out of time would skip the ranker (fallback "deadline") for a reason of
-    # the machine's, not the code's. The deadline path has its own tests.
-    settings = Settings(deadlines=DeadlineSettings(budget_ms=60_000.0))
-    return Recommender(open_bundle(tiny_bundle / "current"), settings, live=None)
+    return Recommender(open_bundle(tiny_bundle / "current"), unhurried(), live=None)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
