@@ -18,6 +18,20 @@ from urllib.parse import urlencode
 REPO = Path(__file__).resolve().parents[1]
 
 
+def until(predicate, timeout: float = 20.0, what: str = "condition", every: float = 0.1):
+    """Poll until predicate() is truthy (its value is returned), or fail the test after `timeout`."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not reached within {timeout:.0f}s")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

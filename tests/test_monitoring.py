@@ -24,7 +24,7 @@ from engine.inventory.publisher import publish_one
 from engine.inventory.state import ItemState, state_path
 from engine.metrics import FALLBACKS, SOURCES, STATUSES, SURFACES, variants_for
 from engine.settings import Settings
-from tests._server import REPO, Server, free_port
+from tests._server import REPO, Server, free_port, until
 from tests.test_metrics import parse, value
 from tests.test_status_page import figures, number
 
@@ -144,17 +144,6 @@ def scrape(srv: Server) -> dict:
     reply = srv.get("/metrics")
     assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse(reply.body.decode())
-
-
-def until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout}s")
-        time.sleep(0.2)
 
 
 def scrape_when(srv: Server, sample: str, at_least: float) -> dict | None:

@@ -59,7 +59,7 @@ from engine.inventory.publisher import publish_one
 from engine.inventory.embed import make_embedder
 from engine.inventory.state import Baseline, ItemState, StateWriter, Status, state_path
 from engine.inventory.subscriber import Subscriber
-from tests._server import REPO, Server, free_port
+from tests._server import REPO, Server, free_port, until as wait_for
 from tests.reliability._soak import SOAK, report
 from tests.test_metrics import parse, value
 
@@ -169,15 +169,7 @@ class Load:
 
 
 def until(predicate: Callable[[], object], timeout: float = WAIT_S, what: str = "condition") -> object:
-    """Poll until predicate() is truthy (its value is returned), or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached within {timeout:.0f}s")
-        time.sleep(0.05)
+    return wait_for(predicate, timeout, what, every=0.05)
 
 
 def scrape(srv: Server) -> dict:
