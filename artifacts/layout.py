@@ -47,6 +47,17 @@ ITEM_TOWER = "models/item_tower.onnx"  # metadata → vector, for SKUs that arri
 RANKER_LIB = "models/ranker.so"
 RANKER_TREELITE = "models/ranker.treelite"
 RANKER_LIGHTGBM = "models/ranker.lgb.txt"
+# Ranking heads (optional part; artifacts/heads.py): P(click | shown), P(add-to-cart | click),
+# P(purchase | click), each a compiled GBDT like the ranker, with its calibration map.
+HEADS_SPEC = "models/heads.json"
+HEADS_DIR = "models/heads"  # <name>.so, <name>.lgb.txt, <name>.treelite per head
+CALIBRATION = "models/calibration.json"  # artifacts/calibration.py
+
+
+def head_library(name: str) -> str:
+    return f"{HEADS_DIR}/{name}.so"
+
+
 SHOPPER_SNAPSHOT = "features/shoppers.lmdb"  # single-file LMDB (subdir=False), read-only
 
 

@@ -6,12 +6,14 @@ Stages, in order (each a module of builder/):
  3. ANN index                   builder.index           → index/items.usearch
  4. tables as of the cut-off    builder.tables          → (training view only)
  5. ranker                      builder.ranker_data + builder.ranker → models/ranker.*
+    ranking heads               builder.impressions + builder.heads  → models/heads*, models/calibration.json
  6. tables as of now            builder.tables          → tables/, lists/, item statistics
  7. shopper snapshot            builder.snapshot        → features/shoppers.lmdb
  8. manifest, publish           artifacts.publish       → <root>/<build_id>/, <root>/current
 
 Leakage: the two-tower model and the ranker's candidates/features use only behaviour before the
-cut-off (end − ranker.label_window_days); the ranker's labels come from the window after it. The
+cut-off (end − ranker.label_window_days); the ranker's labels come from the window after it, and so
+do the heads' examples (the slates logged after the cut-off, scored as of the cut-off). The
 served tables and snapshot are then rebuilt on everything, so serving is as fresh as the data.
 """
 
@@ -39,6 +41,8 @@ from artifacts.ranker import CompiledRanker
 from builder import gate
 from builder.config import BuildConfig
 from builder.drift import drift_reference
+from builder.heads import HeadsError, train_heads, write_heads
+from builder.impressions import logged_slates, slate_examples
 from builder.index import build_index
 from builder.ingest import load_store
 from builder.metrics import grouped_metrics
@@ -148,6 +152,36 @@ def screening_summary(counts: dict[str, int]) -> str:
         f"{counts.get('bot_events', 0):,} of {counts.get('bot_shoppers', 0):,} bots",
     ]
     return f"events: {counts.get('events', 0):,} learned from of {counts.get('events_read', 0):,} read; dropped " + ", ".join(dropped)
+
+
+def _ranking_heads(
+    store: Store, view: CatalogView, cutoff: int, end: int, config: BuildConfig, retrieval: RetrievalSettings,
+    staging: Path, console: Progress, evaluation: dict[str, float],
+) -> dict[str, int]:
+    """Train, calibrate and compile the ranking heads on the slates logged after the cut-off, into
+    the staging bundle; adds their held-out metrics to `evaluation`, returns the manifest counts.
+    Raises HeadsError when the log has too few slates or conversions."""
+    note = getattr(console, "note", lambda message: None)
+    hc = config.heads
+    slates = logged_slates(store, since_ts=cutoff)
+    if slates.n_slates < 100:
+        raise HeadsError(f"{slates.n_slates} logged slates (impressions with positions) after the cut-off; need at least 100")
+    if slates.n_slates > hc.max_slates:
+        rng = np.random.default_rng(hc.seed)
+        slates = slates.take(np.sort(rng.choice(slates.n_slates, hc.max_slates, replace=False)))
+    try:
+        data = slate_examples(store, view, slates, cutoff, config.recent_items, hc.valid_fraction, retrieval, console)
+    except ValueError as exc:
+        raise HeadsError(str(exc)) from exc
+    heads = train_heads(store, data, hc, end - 1)
+    for name, head in heads.items():
+        m = head.calibrated
+        note(f"head {name}: {head.train_rows:,} rows, {head.train_positives:,} positives; held out: ECE {m.ece:.4f} "
+             f"(uncalibrated {head.raw.ece:.4f}), log loss {m.log_loss:.4f}, AUC {m.auc:.3f} ({head.calibration_kind})")
+    evaluation |= write_heads(heads, data, staging, config.ranker, note)
+    counts = {"heads_slates_train": data.slates["train"], "heads_slates_valid": data.slates["valid"]}
+    counts |= {f"head_{name}_rows": head.train_rows for name, head in heads.items()}
+    return counts
 
 
 def build(
@@ -264,8 +298,18 @@ def build_store(
             "index_self_hit_rate": float(index_info.self_hit_rate),
             "candidates_per_query": float(data.candidates_mean),
         }
-        del train_view, compiled
+        del compiled
         timed("ranker", t0)
+
+        head_counts: dict[str, int] = {}
+        if config.heads.enabled:
+            t0 = time.monotonic()
+            try:
+                head_counts = _ranking_heads(store, train_view, cutoff, end, config, retrieval, staging, console, evaluation)
+            except HeadsError as exc:
+                note(f"no ranking heads in this bundle (the engine's legacy objective only): {exc}")
+            timed("heads", t0)
+        del train_view
 
         backtest_result = None
         if config.gate.enabled:
@@ -309,6 +353,7 @@ def build_store(
                 "covisit_nnz": table_stats.covisit_nnz,
                 "copurchase_nnz": table_stats.copurchase_nnz,
                 "new_arrivals": table_stats.new_arrivals,
+                **head_counts,
             },
             dims={
                 "embedding": int(tower.item_vectors.shape[1]),

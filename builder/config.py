@@ -69,6 +69,25 @@ class RankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 23
 
 
+class HeadsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The ranking heads (builder/heads.py, docs/ranking-objectives.md): P(click | shown),
+    # P(add-to-cart | click), P(purchase | click), from the slates logged after the ranker's cut-off.
+    enabled: bool = True  # false: no heads in the bundle (the engine's `legacy` objective only)
+    trees: int = 400
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    early_stopping_rounds: int = 30
+    position: str = "feature"  # feature: the slot is a training-only feature, served at slot 0 | none: ignored
+    attribution_days: float = 7.0  # a cart / purchase within this long after the click is the click's
+    labels: str = "weighted"  # open attribution windows: weighted (by the delay CDF) | exclude | naive
+    max_slates: int = 30_000  # logged slates re-scored for training (a seeded sample beyond this)
+    valid_fraction: float = 0.3  # shoppers whose slates fit and judge the calibration maps (and stop the trees)
+    min_positives: int = 50  # fewer positives for any head (training side) and the bundle ships no heads
+    threads: int = 2
+    seed: int = 7
+
+
 class GateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The evaluation gate (builder/gate.py): a bundle whose backtest is worse than the current
     # bundle's by more than `margin` is built but not published (`aisle build --allow-worse` overrides).
@@ -109,6 +128,7 @@ class BuildConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tables: TablesConfig = TablesConfig()
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
+    heads: HeadsConfig = HeadsConfig()
     recent_items: int = 50  # recent interactions kept per shopper in the feature snapshot
     purchased_items: int = 200  # past purchases kept per shopper (the already-purchased filter)
     clock: ClockConfig = ClockConfig()
@@ -163,6 +183,19 @@ def validate(config: BuildConfig) -> BuildConfig:
         problems.append("ranker.trees must be ≥ 1 and ranker.leaves ≥ 2")
     if not 0 < config.ranker.valid_fraction < 1:
         problems.append(f"ranker.valid_fraction must be in (0, 1), got {config.ranker.valid_fraction}")
+    h = config.heads
+    if h.trees < 1 or h.num_leaves < 2 or h.min_data_in_leaf < 1 or h.early_stopping_rounds < 1:
+        problems.append("heads.trees, min_data_in_leaf and early_stopping_rounds must be ≥ 1 and heads.num_leaves ≥ 2")
+    if h.position not in ("feature", "none"):
+        problems.append(f"heads.position must be feature or none, got {h.position!r}")
+    if h.labels not in ("weighted", "exclude", "naive"):
+        problems.append(f"heads.labels must be weighted, exclude or naive, got {h.labels!r}")
+    if not h.attribution_days > 0:
+        problems.append(f"heads.attribution_days must be > 0, got {h.attribution_days}")
+    if not 0 < h.valid_fraction < 1:
+        problems.append(f"heads.valid_fraction must be in (0, 1), got {h.valid_fraction}")
+    if h.max_slates < 100 or h.min_positives < 1:
+        problems.append(f"heads.max_slates must be ≥ 100 and heads.min_positives ≥ 1, got {h.max_slates}, {h.min_positives}")
     if config.gate.metric not in ("HR@10", "NDCG@10", "HR@20", "NDCG@20"):
         problems.append(f"gate.metric must be HR@10, NDCG@10, HR@20 or NDCG@20, got {config.gate.metric!r}")
     if not 0 <= config.gate.margin < 1:

@@ -166,6 +166,7 @@ class SlateExamples:
 
     X: dict[str, np.ndarray] = field(default_factory=dict)  # "train"/"valid" -> float32 [n, F]
     clicked: dict[str, np.ndarray] = field(default_factory=dict)  # bool [n]
+    click_ts: dict[str, np.ndarray] = field(default_factory=dict)  # int64 [n], -1 when not clicked
     position: dict[str, np.ndarray] = field(default_factory=dict)  # int16 [n]
     item_row: dict[str, np.ndarray] = field(default_factory=dict)  # int32 [n]
     user_row: dict[str, np.ndarray] = field(default_factory=dict)  # int32 [n]
@@ -191,7 +192,7 @@ def slate_examples(
     sources = default_sources(retrieval.recent_anchors, retrieval.recency_decay)
     anchors = slate_anchors(store, slates)
     valid_side = validation_shoppers(len(store.users), valid_fraction)
-    parts: dict[str, dict[str, list]] = {s: {k: [] for k in ("X", "c", "p", "i", "u", "t", "f")} for s in ("train", "valid")}
+    parts: dict[str, dict[str, list]] = {s: {k: [] for k in ("X", "c", "k", "p", "i", "u", "t", "f")} for s in ("train", "valid")}
     counts = {"train": 0, "valid": 0}
     for s in range(slates.n_slates):
         lo, hi = slates.start[s], slates.start[s + 1]
@@ -211,6 +212,7 @@ def slate_examples(
         p = parts[side]
         p["X"].append(assemble_features(view, ctx, cands))
         p["c"].append(slates.clicked[rows])
+        p["k"].append(slates.click_ts[rows])
         p["p"].append(slates.position[rows])
         p["i"].append(items)
         p["u"].append(np.full(len(rows), user, np.int32))
@@ -225,6 +227,7 @@ def slate_examples(
                              f"({slates.n_slates} slates in all); use more data or a longer window")
         out.X[side] = np.ascontiguousarray(np.concatenate(p["X"]), dtype=np.float32)
         out.clicked[side] = np.concatenate(p["c"])
+        out.click_ts[side] = np.concatenate(p["k"]).astype(np.int64)
         out.position[side] = np.concatenate(p["p"]).astype(np.int16)
         out.item_row[side] = np.concatenate(p["i"]).astype(np.int32)
         out.user_row[side] = np.concatenate(p["u"])

@@ -149,23 +149,75 @@ def train_ranker(
     valid_ndcg = float(booster.best_score["valid"]["ndcg@10"])
     report(f"ranker: best iteration {best_iteration} (limit {config.trees}), valid NDCG@10 {valid_ndcg:.4f}")
 
-    lightgbm_path = out_dir / LIGHTGBM_FILE
+    compiled = compile_model(booster, best_iteration, X_valid, n_features, config, out_dir, "ranker", report)
+
+    return RankerResult(
+        files={"lightgbm": LIGHTGBM_FILE, "treelite": TREELITE_FILE, "library": LIBRARY_FILE},
+        n_features=n_features,
+        n_trees=compiled.n_trees,
+        best_iteration=int(best_iteration),
+        valid_ndcg_at_10=valid_ndcg,
+        train_seconds=train_seconds,
+        compile_seconds=compiled.compile_seconds,
+        max_abs_diff_vs_lightgbm=compiled.max_abs_diff,
+        parity_rows=compiled.parity_rows,
+        quantize=config.quantize,
+        parallel_comp=config.parallel_comp,
+        c_value_type=compiled.c_value_type,
+        c_result_type=compiled.c_result_type,
+        lightgbm_version=lgb.__version__,
+        treelite_version=treelite.__version__,
+        tl2cgen_version=tl2cgen.__version__,
+        tl2cgen_treelite_runtime=compiled.runtime_version,
+    )
+
+
+class CompiledModel(msgspec.Struct, frozen=True, kw_only=True):
+    """What `compile_model` wrote: `<stem>.lgb.txt`, `<stem>.treelite`, `<stem>.so` in out_dir."""
+
+    n_trees: int
+    compile_seconds: float
+    max_abs_diff: float  # compiled vs LightGBM raw scores, incl. the NaN slice
+    parity_rows: int
+    c_value_type: str
+    c_result_type: str
+    runtime_version: str
+
+
+def compile_model(
+    booster: lgb.Booster,
+    best_iteration: int,
+    X_check: np.ndarray,
+    n_features: int,
+    config: RankerConfig,
+    out_dir: Path,
+    stem: str,
+    report: ProgressFn,
+) -> CompiledModel:
+    """Trim `booster` to `best_iteration`, export it through Treelite, compile it with TL2cgen
+    and Aisle's batch entry point, and check the library against LightGBM on X_check (float32
+    [n, n_features]) and a NaN-injected slice of it. Used by the ranker and the ranking heads
+    (builder/heads.py); any LightGBM objective whose raw score is a single column works."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    library_file = f"{stem}.so"
+    lightgbm_path = out_dir / f"{stem}.lgb.txt"
     booster.save_model(str(lightgbm_path), num_iteration=best_iteration)
     # Re-load from the saved text so Treelite sees exactly the trimmed model that ships.
     trimmed = lgb.Booster(model_file=str(lightgbm_path))
 
     started = time.perf_counter()
     model = treelite.frontend.from_lightgbm(trimmed)
-    model.serialize(str(out_dir / TREELITE_FILE))
-    with tempfile.TemporaryDirectory(prefix="aisle-ranker-") as tmp:
+    model.serialize(str(out_dir / f"{stem}.treelite"))
+    with tempfile.TemporaryDirectory(prefix=f"aisle-{stem}-") as tmp:
         source_dir = Path(tmp) / "src"
         report(
-            f"ranker: generating C for {model.num_tree} trees "
+            f"{stem}: generating C for {model.num_tree} trees "
             f"(parallel_comp={config.parallel_comp}, quantize={config.quantize})"
         )
         runtime_version = _generate_c_code(model, source_dir, config)
         value_type, result_type = _read_generated_types(source_dir / "header.h")
-        report(f"ranker: compiling {LIBRARY_FILE} with {COMPILER} ({max(1, config.threads)} jobs)")
+        report(f"{stem}: compiling {library_file} with {COMPILER} ({max(1, config.threads)} jobs)")
         built = _compile_library(source_dir, result_type, jobs=max(1, config.threads))
         compile_seconds = time.perf_counter() - started
 
@@ -174,35 +226,25 @@ def train_ranker(
         try:
             compiled = CompiledRanker(built, n_features=n_features)
         except RankerLoadError as exc:
-            raise RankerBuildError(f"the freshly compiled ranker does not load: {exc}") from exc
-        max_diff, parity_rows = _check_parity(compiled, booster, best_iteration, X_valid, config)
-        report(f"ranker: compiled scores match LightGBM on {parity_rows:,} rows (max abs diff {max_diff:.2e})")
+            raise RankerBuildError(f"the freshly compiled {stem} does not load: {exc}") from exc
+        max_diff, parity_rows = _check_parity(compiled, booster, best_iteration, X_check, config)
+        compiled.close()
+        report(f"{stem}: compiled scores match LightGBM on {parity_rows:,} rows (max abs diff {max_diff:.2e})")
 
-        library_path = out_dir / LIBRARY_FILE
-        staging = out_dir / (LIBRARY_FILE + ".tmp")
+        library_path = out_dir / library_file
+        staging = out_dir / (library_file + ".tmp")
         shutil.copyfile(built, staging)
-        # A rename gives the file a new inode: a process that still maps an older ranker.so at this
+        # A rename gives the file a new inode: a process that still maps an older library at this
         # path keeps its pages intact instead of seeing them rewritten under it.
         os.replace(staging, library_path)
-
-    return RankerResult(
-        files={"lightgbm": LIGHTGBM_FILE, "treelite": TREELITE_FILE, "library": LIBRARY_FILE},
-        n_features=n_features,
+    return CompiledModel(
         n_trees=int(model.num_tree),
-        best_iteration=int(best_iteration),
-        valid_ndcg_at_10=valid_ndcg,
-        train_seconds=train_seconds,
         compile_seconds=compile_seconds,
-        max_abs_diff_vs_lightgbm=max_diff,
+        max_abs_diff=max_diff,
         parity_rows=parity_rows,
-        quantize=config.quantize,
-        parallel_comp=config.parallel_comp,
         c_value_type=value_type,
         c_result_type=result_type,
-        lightgbm_version=lgb.__version__,
-        treelite_version=treelite.__version__,
-        tl2cgen_version=tl2cgen.__version__,
-        tl2cgen_treelite_runtime=runtime_version,
+        runtime_version=runtime_version,
     )
 
 

@@ -64,7 +64,7 @@ from engine.overload import Shedder
 from engine.ratelimit import RateLimiter
 from engine.schemas import EVENT_BATCH, JSON, ErrorBody, Health, RecommendQuery, RecommendResponse
 from engine.service import Recommender, decode_body, decode_query
-from engine.settings import Settings, from_environment
+from engine.settings import Settings, from_environment, uses_heads
 from engine.slates import served_slate
 from engine.status import BundleFacts, EventLogFacts, StatusInputs, render_status
 
@@ -377,6 +377,8 @@ class Engine:
             return []
         r = rec.load_report
         parts = [(part, why) for part, why in (("ranker", r.ranker), ("index", r.index), ("tower", r.tower), ("snapshot", r.snapshot)) if why]
+        if r.heads and self.settings is not None and uses_heads(self.settings):
+            parts.append(("ranking heads", r.heads))
         if self.live_problem:
             parts.append(("live store", self.live_problem))
         live = self.settings is not None and self.settings.inventory.enabled

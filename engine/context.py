@@ -54,6 +54,7 @@ class RequestContext:
     unranked: list[str] = field(default_factory=list)  # given SKUs the bundle does not know
     variant: str = "default"  # experiment arm: "default", "holdout" or "experiment:variant"
     relevance: np.ndarray | None = None  # float32 [n] the ranker's raw scores (margin), None when it did not run
+    value: np.ndarray | None = None  # float32 [n] the heads objective's expected value, None when it did not run
     unit: str = ""  # the assignment unit: user id, else session id, else ""
     arm_share: float = 1.0  # the arm's expected share of its experiment's units (1.0 outside one)
 

@@ -113,7 +113,7 @@ class Family:
 
 SURFACES = ("home", "pdp", "cart", "other")
 STATUSES = ("200", "400", "401", "404", "405", "413", "415", "422", "429", "503", "500")
-FALLBACKS = ("none", "ranker_unavailable", "ranker_failed", "deadline", "features_unavailable", "index_unavailable", "popularity")
+FALLBACKS = ("none", "ranker_unavailable", "ranker_failed", "heads_unavailable", "heads_failed", "deadline", "features_unavailable", "index_unavailable", "popularity")
 STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "encode")
 SOURCES = (*SOURCE_NAMES, "backfill")
 FILTERS = ("out_of_stock_or_blocked_or_excluded", "request_filter")

@@ -25,6 +25,7 @@ from artifacts.bundle import Bundle
 from artifacts.drift import load_reference
 from artifacts.errors import BundleError
 from artifacts.featurespec import FEATURE_NAMES
+from artifacts.heads import RankingHeads, load_heads
 from artifacts.ranker import CompiledRanker
 from artifacts.usertower import UserTowerError
 from artifacts.vectors import VectorIndexError
@@ -40,6 +41,7 @@ from engine.experiments import Assigner, Assignment
 from engine.settings import Settings, with_variant
 from engine.shopper import Shopper
 from engine.stages import Explain, FilterCandidates, GatherFeatures, PredictRanker, ResolveShopper, RetrieveCandidates, Rerank, timed
+from kernels import calibrate as kernels_calibrate
 from kernels import caps as kernels_caps
 from kernels import explore as kernels_explore
 from kernels import mmr as kernels_mmr
@@ -151,6 +153,7 @@ class LoadReport:
     tower: str | None
     snapshot: str | None
     drift: str | None = None  # why served features are not monitored for drift (None = they are)
+    heads: str | None = None  # why the ranking heads are not loaded (None = they are)
 
 
 class Recommender:
@@ -177,6 +180,16 @@ class Recommender:
             ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=n_features)
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
+        # The heads are optional: without them the `heads` objective serves the ranker (legacy).
+        self.heads: RankingHeads | None = None
+        heads_problem: str | None = None
+        try:
+            n_features = int(bundle.manifest.dims["n_features"]) if bundle.manifest else len(FEATURE_NAMES)
+            self.heads = load_heads(bundle, n_features)
+            if self.heads is None:
+                heads_problem = "the bundle has no ranking heads (built before them, or from a log without enough impressions)"
+        except (BundleError, OSError, KeyError) as exc:
+            heads_problem = str(exc)
         # Drift monitoring is optional: a bundle from before it (no reference) or with an unusable
         # reference serves as usual, unmonitored, and load_report.drift says why.
         self.drift: DriftMonitor | None = None
@@ -189,7 +202,7 @@ class Recommender:
                 self.drift = DriftMonitor(reference, settings.drift)
         except (BundleError, ValueError, OSError) as exc:
             drift_problem = str(exc)
-        self.load_report = LoadReport(**problems, drift=drift_problem)
+        self.load_report = LoadReport(**problems, drift=drift_problem, heads=heads_problem)
         self.view.events = live
         self.ranker = ranker
         self.live = live
@@ -217,7 +230,7 @@ class Recommender:
             RetrieveCandidates(self.view, settings),
             FilterCandidates(self.view, settings),
             GatherFeatures(self.view, settings),
-            PredictRanker(self.ranker, settings),
+            PredictRanker(self.ranker, settings, self.heads),
             Rerank(self.view, settings),
         )
 
@@ -354,6 +367,9 @@ class Recommender:
         if self.ranker is not None:
             self.ranker.close()
             self.ranker = None
+        if self.heads is not None:
+            self.heads.close()
+            self.heads = None
         if self.view.snapshot is not None:
             self.view.snapshot.close()
         self.view.snapshot = None
@@ -368,7 +384,7 @@ class Recommender:
     def warm(self) -> None:
         """Compile (or load from cache) every kernel and touch every part on each surface path,
         so no shopper's request pays a JIT compile or a cold page fault storm."""
-        for kernel_module in (kernels_mmr, kernels_caps, kernels_explore):
+        for kernel_module in (kernels_mmr, kernels_caps, kernels_explore, kernels_calibrate):
             kernel_module.warm()  # kernels a warm-up request may not reach (e.g. no new items)
         anchor = [self.items.id_of(int(self.view.popular[0]))] if len(self.view.popular) else []
         for surface in ("home", "pdp", "cart"):

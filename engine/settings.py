@@ -64,14 +64,35 @@ class DeadlineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rerank_share: float = 0.8  # skip MMR diversity past this share
 
 
+class BlendWeights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The `heads` objective's value of showing an item (docs/ranking-objectives.md §4):
+    P(click) · (click + cart · P(add-to-cart | click) + revenue · P(purchase | click) · price · margin).
+    Weights are in currency units per event; margin is 1 (the catalog has no margin column)."""
+
+    click: float = 1.0
+    cart: float = 0.0
+    revenue: float = 0.0
+
+
+OBJECTIVES = ("legacy", "heads")
+
+
 class RankingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True  # false: serve retrieval order (the ranker-down path, on purpose)
     max_candidates: int = 400  # candidates scored by the ranker (best by retrieval order first)
-    # Final score = relevance·z(ranker) + conversion·z(log buy rate) + price·z(log price):
+    # legacy: the lambdarank ranker blended by weight_* below. heads: the calibrated heads'
+    # expected value (blend); a bundle without heads serves legacy (fallback "heads_unavailable").
+    objective: str = "legacy"
+    # Final legacy score = relevance·z(ranker) + conversion·z(log buy rate) + price·z(log price):
     # z() standardises over the request's candidates, so weights are comparable across terms.
     weight_relevance: float = 1.0
     weight_conversion: float = 0.15
     weight_price: float = 0.0
+    blend: BlendWeights = BlendWeights()  # heads objective, every surface without its own below
+    blend_by_surface: dict[str, BlendWeights] = {}  # "home" | "pdp" | "cart" -> its weights
+
+    def blend_for(self, surface: str) -> BlendWeights:
+        return self.blend_by_surface.get(surface, self.blend)
 
 
 class RerankSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -196,6 +217,8 @@ class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight_relevance: float | None = None
     weight_conversion: float | None = None
     weight_price: float | None = None
+    objective: str | None = None  # "legacy" | "heads"
+    blend: BlendWeights | None = None  # for every surface (replaces the served per-surface blends)
     home: list[SourceSpec] | None = None  # the surface's sources
     pdp: list[SourceSpec] | None = None
     cart: list[SourceSpec] | None = None
@@ -255,6 +278,27 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     experiments: list[ExperimentSettings] = []
 
 
+def _blend_problems(b: BlendWeights, where: str) -> list[str]:
+    values = (b.click, b.cart, b.revenue)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        return [f"{where}: click, cart and revenue must be finite and ≥ 0, got {b.click}, {b.cart}, {b.revenue}"]
+    if not any(values):
+        return [f"{where}: at least one of click, cart, revenue must be > 0 (all 0 would rank nothing)"]
+    return []
+
+
+def _ranking_problems(rk: RankingSettings) -> list[str]:
+    problems: list[str] = []
+    if rk.objective not in OBJECTIVES:
+        problems.append(f"ranking.objective must be one of {', '.join(OBJECTIVES)}, got {rk.objective!r}")
+    problems += _blend_problems(rk.blend, "ranking.blend")
+    for surface, blend in rk.blend_by_surface.items():
+        if surface not in ("home", "pdp", "cart"):
+            problems.append(f"ranking.blend_by_surface: unknown surface {surface!r}; known: home, pdp, cart")
+        problems += _blend_problems(blend, f"ranking.blend_by_surface.{surface}")
+    return problems
+
+
 def validate(settings: Settings) -> Settings:
     problems: list[str] = []
     r = settings.retrieval
@@ -269,6 +313,7 @@ def validate(settings: Settings) -> Settings:
                 problems.append(f"retrieval.{surface}.{spec.name}: k must be in [1, 5000], got {spec.k}")
     if not 0 < r.recency_decay <= 1:
         problems.append("retrieval.recency_decay must be in (0, 1]")
+    problems += _ranking_problems(settings.ranking)
     if not 0 <= settings.rerank.mmr_lambda <= 1:
         problems.append(f"rerank.mmr_lambda must be in [0, 1], got {settings.rerank.mmr_lambda}")
     if any(s < 0 for s in settings.rerank.explore_slots):
@@ -353,11 +398,18 @@ def from_environment() -> Settings:
         raise SettingsError(f"{file} (from {SETTINGS_ENV}): {exc}") from exc
 
 
+def uses_heads(settings: Settings) -> bool:
+    """Whether the served settings or any experiment arm rank by the heads objective."""
+    return settings.ranking.objective == "heads" or any(v.objective == "heads" for e in settings.experiments for v in e.variants)
+
+
 def with_variant(settings: Settings, v: VariantSettings) -> Settings:
     """The served settings with one experiment variant's knobs applied."""
     rr, rk, rt = settings.rerank, settings.ranking, settings.retrieval
     rerank = {k: getattr(v, k) for k in ("mmr_lambda", "explore_slots", "max_per_brand", "max_per_category") if getattr(v, k) is not None}
-    ranking = {k: getattr(v, k) for k in ("weight_relevance", "weight_conversion", "weight_price") if getattr(v, k) is not None}
+    ranking = {k: getattr(v, k) for k in ("weight_relevance", "weight_conversion", "weight_price", "objective") if getattr(v, k) is not None}
+    if v.blend is not None:
+        ranking |= {"blend": v.blend, "blend_by_surface": {}}
     if v.ranking_enabled is not None:
         ranking["enabled"] = v.ranking_enabled
     retrieval = {k: getattr(v, k) for k in ("home", "pdp", "cart") if getattr(v, k) is not None}
@@ -392,6 +444,10 @@ def _experiment_problems(settings: Settings) -> list[str]:
         if len({v.name for v in e.variants}) != len(e.variants) or any(not v.name or ":" in v.name for v in e.variants):
             problems.append(f"{where}: variant names must be unique, non-empty, without ':'")
         for v in e.variants:
+            if v.objective is not None and v.objective not in OBJECTIVES:
+                problems.append(f"{where}.{v.name}.objective must be one of {', '.join(OBJECTIVES)}, got {v.objective!r}")
+            if v.blend is not None:
+                problems += _blend_problems(v.blend, f"{where}.{v.name}.blend")
             if not v.weight > 0:
                 problems.append(f"{where}.{v.name}.weight must be > 0, got {v.weight}")
             if v.bundle is not None and not _is_build_id(v.bundle):

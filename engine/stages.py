@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from artifacts.featurespec import FEATURE_INDEX, SOURCE_ID, SOURCE_NAMES
+from artifacts.heads import HeadScores, RankingHeads
 from artifacts.schema import EventType
 from artifacts.ranker import CompiledRanker
 from engine.candidates import Candidates
@@ -26,7 +27,7 @@ from engine.features import assemble_features
 from engine.eventlog import EventLog
 from engine.resolve import shopper_vector
 from engine.retrieval import VECTOR_SOURCES, retrieve, score_given
-from engine.settings import Settings
+from engine.settings import BlendWeights, Settings
 from engine.shopper import Shopper
 from engine.sources import default_sources
 from kernels.caps import select_with_caps
@@ -237,26 +238,44 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 1e-9 else np.zeros_like(x)
 
 
+def expected_value(heads: HeadScores, X: np.ndarray, w: BlendWeights) -> np.ndarray:
+    """float32 [n]: P(click) · (click + cart · P(cart | click) + revenue · P(purchase | click) · price),
+    price the effective price the features carry (a candidate without one earns no revenue term)."""
+    value = np.full(len(heads.click), w.click, np.float32)
+    if w.cart:
+        value += np.float32(w.cart) * heads.cart
+    if w.revenue:
+        price = np.expm1(X[:, FEATURE_INDEX["item_log_price"]])
+        value += np.float32(w.revenue) * heads.purchase * np.nan_to_num(price, nan=0.0)
+    return value * heads.click
+
+
 class PredictRanker:
-    """Compiled GBDT relevance, blended with conversion and price (weights from settings).
-    Without a ranker (missing, disabled, failing): retrieval order, and ctx.fallback says so."""
+    """Score the candidates by the settings' objective. `legacy`: compiled GBDT relevance, blended
+    with conversion and price. `heads`: the calibrated heads' expected value (expected_value), or
+    legacy when the bundle has no heads or they fail (ctx.fallback says so). Without a ranker
+    either (missing, disabled, failing): retrieval order."""
 
     name = "rank"
 
-    def __init__(self, ranker: CompiledRanker | None, settings: Settings) -> None:
-        self.ranker, self.settings = ranker, settings
+    def __init__(self, ranker: CompiledRanker | None, settings: Settings, heads: RankingHeads | None = None) -> None:
+        self.ranker, self.settings, self.heads = ranker, settings, heads
 
     def __call__(self, ctx: RequestContext) -> None:
         cands, rs, dl = ctx.candidates, self.settings.ranking, self.settings.deadlines
         relevance = None
-        if not rs.enabled or self.ranker is None:
+        if not rs.enabled:
             ctx.degrade("ranker_unavailable")
         elif ctx.elapsed_ms() > dl.budget_ms * dl.rank_share:
             ctx.degrade("deadline")
+        elif rs.objective == "heads" and len(cands) and self._heads(ctx):
+            return
+        elif self.ranker is None:
+            ctx.degrade("ranker_unavailable")
         elif len(cands):
             try:
                 relevance = self.ranker.predict(ctx.features)
-            except (ValueError, OSError):
+            except (ValueError, OSError, RuntimeError):
                 ctx.degrade("ranker_failed")
         if relevance is None:
             ctx.scores = retrieval_scores(cands)
@@ -269,6 +288,21 @@ class PredictRanker:
         if rs.weight_price:
             score += rs.weight_price * _z(X[:, FEATURE_INDEX["item_log_price"]])
         ctx.scores = score.astype(np.float32)
+
+    def _heads(self, ctx: RequestContext) -> bool:
+        """Score by the heads; False (and the fallback noted) when they are absent or fail."""
+        if self.heads is None:
+            ctx.degrade("heads_unavailable")
+            return False
+        try:
+            heads = self.heads.predict(ctx.features)
+        except (ValueError, OSError, RuntimeError):
+            ctx.degrade("heads_failed")
+            return False
+        ctx.value = expected_value(heads, ctx.features, self.settings.ranking.blend_for(ctx.surface))
+        # Standardised like the legacy score, so the re-ranker's boost and MMR weights keep their scale.
+        ctx.scores = _z(ctx.value)
+        return True
 
 
 class Rerank:
