@@ -1,6 +1,9 @@
 """The ranker's feature spec: names, order and meaning of the columns of the float32 matrix that
-the builder trains on and the engine scores. Shared by both sides; the manifest records it, and
-the engine refuses a bundle whose spec differs from its own.
+the builder trains on and the engine scores. Shared by both sides; the manifest records it.
+
+The spec is append-only: a feature is added at the end, never removed, renamed or moved. A bundle
+built before a feature was appended records a prefix of this spec, and the engine gives its ranker
+the leading columns it was trained on (`served_width`, engine.catalog.CatalogView.n_features).
 
 Personalisation reads behaviour (what a shopper viewed, carted, bought), the catalog and the
 request context. No feature may read a sensitive attribute (artifacts.schema.SENSITIVE_ATTRIBUTES);
@@ -9,6 +12,7 @@ request context. No feature may read a sensitive attribute (artifacts.schema.SEN
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from artifacts.schema import sensitive_match
@@ -62,6 +66,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("ctx_device", "context", "device code"),
     Feature("ctx_hour", "context", "hour of day (UTC) of the request"),
     Feature("ctx_dow", "context", "day of week (Monday 0) of the request"),
+    Feature("ctx_region", "context", "region code of the request, else the shopper's (0 = unknown)"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -79,3 +84,11 @@ def check_spec(names: tuple[str, ...] = FEATURE_NAMES) -> None:
             raise SensitiveFeatureError(
                 f"feature {name!r} refers to the sensitive attribute {attr!r}; Aisle never personalises on it"
             )
+
+
+def served_width(recorded: Sequence[str]) -> int | None:
+    """Columns of this spec a ranker trained on the recorded spec `recorded` reads: len(recorded)
+    when it is this spec or a prefix of it (a bundle from before later features were appended),
+    None when it is not (another spec, whose columns mean something else) or is empty."""
+    names = tuple(recorded)
+    return len(names) if names and names == FEATURE_NAMES[: len(names)] else None

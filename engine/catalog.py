@@ -12,6 +12,7 @@ import numpy as np
 from artifacts import layout
 from artifacts.bundle import Bundle, Csr
 from artifacts.errors import BundleCorruptError
+from artifacts.featurespec import N_FEATURES, served_width
 from artifacts.snapshot import ShopperSnapshot
 from artifacts.usertower import UserTower
 from artifacts.vectors import VectorIndex
@@ -36,6 +37,11 @@ class CatalogView:
     ) -> None:
         self.bundle = bundle
         self.n_items = bundle.n_items
+        # Columns of the feature spec this bundle's ranker reads (engine.features): all of them, or
+        # the leading ones for a bundle built before later features were appended (the spec is
+        # append-only). A staging bundle (no manifest yet) is being built with this spec.
+        recorded = [f.name for f in bundle.manifest.feature_spec] if bundle.manifest is not None else []
+        self.n_features = served_width(recorded) or N_FEATURES
         col = bundle.item_column
         self.category = col("category")
         self.cat_top = col("cat_top")

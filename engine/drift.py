@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from artifacts.drift import Reference, pack_edges
-from artifacts.featurespec import FEATURE_NAMES
+from artifacts.featurespec import FEATURE_NAMES, served_width
 from artifacts.schema import SURFACE_NAMES
 from engine.settings import DriftSettings
 from kernels import drift as kernels_drift
@@ -51,7 +51,11 @@ class DriftMonitor:
     processes; safe to call from several threads."""
 
     def __init__(self, reference: Reference, settings: DriftSettings, seed: int | None = None) -> None:
-        if tuple(reference.feature_names) != FEATURE_NAMES:
+        # A bundle built before later features were appended to the (append-only) spec has a
+        # reference over the leading columns, which is what the engine computes for it
+        # (CatalogView.n_features); any other spec's columns mean something else.
+        width = served_width(reference.feature_names)
+        if width is None:
             raise ValueError(
                 f"drift reference was made for {len(reference.feature_names)} features "
                 f"({', '.join(reference.feature_names[:3])}, ...), this engine computes {len(FEATURE_NAMES)}: "
@@ -59,7 +63,7 @@ class DriftMonitor:
             )
         self.reference = reference
         self.settings = settings
-        self.n_features = len(FEATURE_NAMES)
+        self.n_features = width
         self._rate = float(settings.sample_rate)
         self._per_request = int(settings.rows_per_request)
         self._capacity = int(settings.window)

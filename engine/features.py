@@ -32,12 +32,14 @@ def _lookup(keys: np.ndarray, weights: np.ndarray, values: np.ndarray) -> np.nda
 
 
 def assemble_features(view: CatalogView, ctx: RequestContext, cands: Candidates) -> np.ndarray:
-    """float32 [n_candidates, N_FEATURES], C-contiguous, NaN = missing."""
+    """float32 [n_candidates, view.n_features], C-contiguous, NaN = missing: every column of the
+    spec (N_FEATURES), or, for a bundle built before later features were appended, the leading
+    columns its ranker was trained on."""
     rows = cands.rows
     n = len(rows)
     X = np.zeros((n, N_FEATURES), dtype=np.float32)
     if n == 0:
-        return X
+        return np.zeros((0, view.n_features), dtype=np.float32)
     shopper = ctx.shopper
     vecs = np.asarray(view.vectors[rows], dtype=np.float32)
 
@@ -96,4 +98,9 @@ def assemble_features(view: CatalogView, ctx: RequestContext, cands: Candidates)
     X[:, _F["ctx_device"]] = ctx.device
     X[:, _F["ctx_hour"]] = (ctx.now // 3600) % 24
     X[:, _F["ctx_dow"]] = ((ctx.now // 86_400) + 3) % 7  # 1970-01-01 was a Thursday
+    # The request's region code, else the shopper's (ResolveShopper; the builder passes the
+    # shopper's): a vocab code, so the trees split on it as on ctx_device.
+    X[:, _F["ctx_region"]] = ctx.region
+    if view.n_features < N_FEATURES:
+        return np.ascontiguousarray(X[:, : view.n_features])
     return X

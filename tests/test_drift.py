@@ -284,6 +284,25 @@ def test_a_reference_for_another_feature_spec_is_refused(synthetic_reference: Re
         DriftMonitor(other, DriftSettings())
 
 
+def test_a_reference_from_before_a_feature_was_appended_monitors_the_leading_columns() -> None:
+    """A bundle built before the last feature was appended to the (append-only) spec: the engine
+    gives it the leading columns (CatalogView.n_features), and its reference applies to them."""
+    ts = _training_set()
+    old = TrainingSet(X={k: np.ascontiguousarray(v[:, :-1]) for k, v in ts.X.items()}, y=ts.y, groups=ts.groups, surfaces=ts.surfaces)
+    ref = drift_reference(old, _scores(np.random.default_rng(1), ts.X["valid"]), feature_names=FEATURE_NAMES[:-1])
+    monitor = DriftMonitor(ref, DriftSettings(sample_rate=1.0, rows_per_request=8, window=3000, min_rows=500), seed=3)
+    assert monitor.n_features == N_FEATURES - 1
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        surface = np.asarray(SURFACES)[[rng.choice(3, p=[0.5, 0.3, 0.2])]]
+        X = _rows(rng, surface, np.array([int(rng.integers(20, 80))]))
+        monitor.maybe_observe(np.ascontiguousarray(X[:, :-1]), _scores(rng, X))
+        monitor.maybe_observe(X, _scores(rng, X))  # the full spec's width is not this bundle's: ignored
+    report = monitor.report()
+    assert report.rows == 2400 and FEATURE_NAMES[-1] not in report.psi
+    assert report.drifted == [] and max(report.psi.values()) < 0.05
+
+
 # -- a built bundle -----------------------------------------------------------------------------
 def test_a_built_bundle_carries_a_verified_reference_with_sensible_edges(tiny_bundle: Path) -> None:
     bundle = open_bundle(tiny_bundle / "current", verify="full")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from artifacts import layout
 from artifacts.bundle import open_bundle
-from artifacts.featurespec import FEATURE_NAMES
+from artifacts.featurespec import FEATURE_NAMES, N_FEATURES, served_width
+from engine.catalog import CatalogView
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
 from tests._settings import unhurried
@@ -21,9 +22,15 @@ def test_frozen_v1_bundle_verifies_byte_for_byte() -> None:
     assert bundle.manifest.counts["items"] == 200 == bundle.n_items
 
 
-def test_frozen_v1_feature_spec_is_the_engines() -> None:
-    spec = [f.name for f in open_bundle(FIXTURE, verify="none").manifest.feature_spec]
-    assert tuple(spec) == FEATURE_NAMES
+def test_frozen_v1_feature_spec_is_a_prefix_of_the_engines() -> None:
+    """The spec is append-only: v1 was built before `ctx_region`, and its ranker gets the leading
+    columns it was trained on."""
+    bundle = open_bundle(FIXTURE, verify="none")
+    spec = [f.name for f in bundle.manifest.feature_spec]
+    assert len(spec) == bundle.manifest.dims["n_features"] == 34 < N_FEATURES
+    assert tuple(spec) == FEATURE_NAMES[: len(spec)] and served_width(spec) == 34
+    assert "ctx_region" not in spec
+    assert CatalogView(bundle, load_index=False, load_tower=False, load_snapshot=False).n_features == 34
 
 
 def test_frozen_v1_bundle_serves_every_surface() -> None:
@@ -39,8 +46,9 @@ def test_frozen_v1_bundle_serves_every_surface() -> None:
         RecommendQuery("pdp", user_id=user, item_id=anchor, count=10),
         RecommendQuery("cart", user_id=user, cart=[anchor], count=10),
     ):
-        response, _ = rec.run(query, now=now)
+        response, ctx = rec.run(query, now=now)
         skus = [i.sku for i in response.items]
         assert len(skus) == 10 and len(set(skus)) == 10 and response.fallback is None
+        assert ctx.features.shape[1] == 34 and ctx.relevance is not None  # its ranker ran on its own columns
         assert rec.view.in_stock[bundle.items.rows_of(skus)].all()
         assert anchor not in skus or query.surface == "home"

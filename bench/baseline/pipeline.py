@@ -242,7 +242,7 @@ class BaselineRecommender:
         rows = np.fromiter(candidates.keys(), dtype=np.int64, count=len(candidates))
         t2 = time.perf_counter()
 
-        X = self._features(rows, candidates, anchors, shopper, user_vector, q.surface, device, now)
+        X = self._features(rows, candidates, anchors, shopper, user_vector, q.surface, device, region, now)
         t3 = time.perf_counter()
         if not len(rows):
             relevance = np.zeros(0)
@@ -425,7 +425,7 @@ class BaselineRecommender:
         return self._from_lists([(self.popular_by_category.row(c)[0], w / top) for c, w, _ in related], k)
 
     # -- features ----------------------------------------------------------------------------
-    def _features(self, rows, candidates, anchors, shopper: _Shopper, user_vector, surface, device, now) -> np.ndarray:
+    def _features(self, rows, candidates, anchors, shopper: _Shopper, user_vector, surface, device, region, now) -> np.ndarray:
         """float32 [n, len(FEATURE_NAMES)], columns in the feature spec's order."""
         n = len(rows)
         f: dict[str, np.ndarray | float] = {}
@@ -467,6 +467,7 @@ class BaselineRecommender:
         f["ctx_device"] = device
         f["ctx_hour"] = (now // 3600) % 24
         f["ctx_dow"] = ((now // 86_400) + 3) % 7
+        f["ctx_region"] = region
         X = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
         for j, name in enumerate(FEATURE_NAMES):
             X[:, j] = f[name]
