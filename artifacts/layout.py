@@ -78,4 +78,5 @@ POPULAR_GLOBAL = "lists/popular.npy"  # int32 item rows, most popular first
 NEW_ARRIVALS = "lists/new_arrivals.npy"  # int32 item rows, newest first
 
 EVAL_REPORT = "eval/report.json"
+HEADS_REPORT = "eval/heads.json"  # the heads' held-out calibration, log loss, AUC, reliability tables (builder.heads)
 DRIFT_REFERENCE = "monitor/drift.json"  # training histograms for drift monitoring (artifacts.drift; optional part)

@@ -7,6 +7,13 @@ Every request runs the engine's real stages (engine.service.Recommender.run); we
 stage's wall time and the total. Percentiles are over all requests of a surface.
 
     python -m bench.pipeline --bundle ROOT [--requests 2000] [--json bench/results/x.json]
+    python -m bench.pipeline --bundle ROOT --objectives [--requests 3000] [--json ...]
+
+`--objectives` measures what the ranking heads cost (issue 9): the same home requests through two
+Recommenders on one bundle, the `legacy` objective (the lambdarank ranker) and `heads` (three
+compiled heads, calibration, the revenue blend), alternating which goes first, so both see the same
+machine at the same moments; the report gives each one's rank-stage and total percentiles and the
+per-request difference.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import argparse
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
+from artifacts import layout
 from artifacts.bundle import open_bundle
 from bench.environment import environment, percentiles, publish
 from bench.workload import draw
 from engine.service import Recommender
-from engine.settings import Settings
+from engine.settings import BlendWeights, Settings
 
 STAGES = ("resolve", "retrieve", "filter", "features", "rank", "rerank", "total")
 
@@ -70,6 +79,67 @@ def run(bundle_path: Path, requests: int, seed: int = 1, pace_ms: float = 0.0) -
     return result
 
 
+def compare_objectives(bundle_path: Path, requests: int, seed: int = 1) -> dict:
+    """legacy vs heads on the same home requests, interleaved (module docstring)."""
+    bundle = open_bundle(bundle_path, verify="sizes")
+    if not bundle.has(layout.HEADS_SPEC):
+        raise SystemExit(f"{bundle.root}: the bundle has no ranking heads (built before them, or `[heads] enabled = false`)")
+    base = Settings()
+    blend = BlendWeights(click=1.0, revenue=1.0)
+    recs = {
+        name: Recommender(bundle, msgspec.structs.replace(base, ranking=msgspec.structs.replace(base.ranking, objective=name, blend=blend)), live=None)
+        for name in ("legacy", "heads")
+    }
+    for rec in recs.values():
+        rec.warm()
+    now = int(bundle.manifest.dims["end_ts"])
+    queries = draw(bundle, "home", requests, seed)
+    for q in queries[:50]:
+        for rec in recs.values():
+            rec.run(q, now=now)
+    rank = {name: np.zeros(len(queries)) for name in recs}
+    total = {name: np.zeros(len(queries)) for name in recs}
+    fallbacks: dict[str, dict[str, int]] = {name: {} for name in recs}
+    order = list(recs)
+    for j, q in enumerate(queries):
+        for name in order if j % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            response, ctx = recs[name].run(q, now=now)
+            total[name][j] = (time.perf_counter() - started) * 1e3
+            rank[name][j] = ctx.timings.get("rank", 0.0) * 1e3
+            key = response.fallback or "none"
+            fallbacks[name][key] = fallbacks[name].get(key, 0) + 1
+    for rec in recs.values():
+        rec.close()
+    return {
+        "benchmark": "pipeline-objectives",
+        "environment": environment(),
+        "bundle": {"id": bundle.build_id, "items": bundle.n_items, "users": len(bundle.users), "path": str(bundle.root)},
+        "surface": "home",
+        "requests": len(queries),
+        "blend": msgspec.to_builtins(blend),
+        "ms": {
+            **{f"{name} {what}": percentiles(values[name]) for what, values in (("rank", rank), ("total", total)) for name in recs},
+            "heads − legacy rank (per request)": percentiles(rank["heads"] - rank["legacy"]),
+            "heads − legacy total (per request)": percentiles(total["heads"] - total["legacy"]),
+        },
+        "fallbacks": fallbacks,
+    }
+
+
+def objectives_table(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        f"bundle {result['bundle']['id']} ({result['bundle']['items']:,} items), {result['requests']} home requests, each through "
+        f"both objectives (alternating first), commit {env['commit']}, {env['cpu']} × {env['cores']}",
+        "",
+        "| measure | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} |" for name, s in result["ms"].items()]
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = [
         f"bundle {result['bundle']['id']} ({result['bundle']['items']:,} items), {result['requests_per_surface']} requests per surface"
@@ -94,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pace-ms", type=float, default=0.0,
                    help="idle gap before each request (default 0: back to back). On a shared VM an idle vCPU "
                         "comes back with cold caches: a paced run shows what a lightly loaded server sees")
+    p.add_argument("--objectives", action="store_true",
+                   help="compare the legacy and heads objectives on the same home requests (the heads' cost)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
+    if args.objectives:
+        result = compare_objectives(Path(args.bundle), args.requests)
+        return publish(result, args.json, objectives_table(result))
     result = run(Path(args.bundle), args.requests, pace_ms=args.pace_ms)
     return publish(result, args.json, table(result))
 

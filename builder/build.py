@@ -154,6 +154,15 @@ def screening_summary(counts: dict[str, int]) -> str:
     return f"events: {counts.get('events', 0):,} learned from of {counts.get('events_read', 0):,} read; dropped " + ", ".join(dropped)
 
 
+def _finite(evaluation: dict[str, float], note) -> dict[str, float]:
+    """The manifest's evaluation entries; a non-finite one (an undefined metric on a degenerate
+    validation set) is left out and named, since JSON has no NaN and the manifest must read back."""
+    kept = {k: float(v) for k, v in evaluation.items() if np.isfinite(v)}
+    for k in sorted(set(evaluation) - set(kept)):
+        note(f"eval: {k} is undefined on this data ({evaluation[k]}); left out of the manifest")
+    return kept
+
+
 def _ranking_heads(
     store: Store, view: CatalogView, cutoff: int, end: int, config: BuildConfig, retrieval: RetrievalSettings,
     staging: Path, console: Progress, evaluation: dict[str, float],
@@ -373,7 +382,7 @@ def build_store(
             arrays=arrays,
             files=files,
             feature_spec=[FeatureEntry(f.name, f.group, f.doc) for f in FEATURES],
-            eval={k: float(v) for k, v in evaluation.items()},
+            eval=_finite(evaluation, note),
             stage_seconds=stage_seconds,
             notes=[f"{name}: ignored columns {', '.join(cols)}" for name, cols in store.report.ignored_columns.items() if cols]
             + list(store.report.notes),

@@ -32,7 +32,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             print(f"aisle synth: --end must be 'now' or a date such as 2026-06-01; got {args.end!r}", file=sys.stderr)
             return EXIT_USAGE
     s = generate(scale=args.scale, seed=args.seed, out=Path(args.out), progress=ConsoleProgress(), overwrite=args.overwrite, end=end,
-                 purchase_delay_days=args.purchase_delay_days)
+                 purchase_delay_days=args.purchase_delay_days, slate_order=args.slate_order)
     by_type = ", ".join(f"{name} {count:,}" for name, count in s.events_by_type.items())
     print(f"{s.out}: '{s.scale}' store, seed {s.seed}: {s.items:,} items, {s.users:,} shoppers, {s.sessions:,} sessions, "
           f"{s.events:,} events ({by_type}) in {s.elapsed_s:.1f}s; hidden tastes in {s.truth_dir}")
@@ -198,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--purchase-delay-days", type=float, default=0.0,
                    help="mean days from checkout to the purchase event (exponential); purchases due after the log's end "
                         "are not logged, as a real log's late conversions are not (default 0: at checkout)")
+    s.add_argument("--slate-order", choices=("draw", "popularity", "price"), default="draw",
+                   help="how the logging policy lists a slate's items: in draw order (default) or by a noisy score the "
+                        "model can see (popularity, price), so the slot confounds the features as under a production ranker")
     s.add_argument("--end", help="the day the event log ends: 'now' (a store `aisle simulate` continues) or YYYY-MM-DD "
                                  "(default: 2026-06-01, so a (scale, seed) store is the same everywhere)")
     s.set_defaults(func=_cmd_synth)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightgbm as lgb
+import msgspec
 import numpy as np
 
 from artifacts import layout
@@ -238,6 +239,28 @@ def train_heads(store: Store, data: SlateExamples, config: HeadsConfig, data_end
     return heads
 
 
+class HeadReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One head's held-out evaluation, as `eval/heads.json` keeps it for `aisle eval`."""
+
+    calibrated: HeadMetrics  # cross-fitted: the map and the trees never saw the judged rows
+    uncalibrated: HeadMetrics  # the sigmoid of the raw margin on the same rows
+    calibration: str  # isotonic | platt
+    position: str  # feature | none
+    labels: str  # conversion heads: weighted | exclude | naive; "" for click
+    train_rows: int
+    train_positives: int
+
+
+def head_report(head: Head) -> HeadReport:
+    return HeadReport(calibrated=head.calibrated, uncalibrated=head.raw, calibration=head.calibration_kind,
+                      position=head.position, labels=head.label_strategy, train_rows=head.train_rows,
+                      train_positives=head.train_positives)
+
+
+def read_head_reports(path: Path) -> dict[str, HeadReport]:
+    return msgspec.json.decode(Path(path).read_bytes(), type=dict[str, HeadReport])
+
+
 def write_heads(heads: dict[str, Head], data: SlateExamples, bundle_dir: Path, compile_config: RankerConfig,
                 report=lambda message: None) -> dict[str, float]:
     """Compile every head into `<bundle>/models/heads/<name>.so` (parity-checked against LightGBM
@@ -262,5 +285,8 @@ def write_heads(heads: dict[str, Head], data: SlateExamples, bundle_dir: Path, c
             f"head_{name}_parity_max_abs_diff": compiled.max_abs_diff,
         }
     write_heads_spec(Path(bundle_dir) / layout.HEADS_SPEC, specs)
+    report_path = Path(bundle_dir) / layout.HEADS_REPORT
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_bytes(msgspec.json.format(msgspec.json.encode({name: head_report(heads[name]) for name in HEAD_NAMES}), indent=1))
     write_calibration(Path(bundle_dir) / layout.CALIBRATION, {name: heads[name].calibration for name in HEAD_NAMES})
     return entries

@@ -105,6 +105,31 @@ def test_full_result_markdown_and_plots(tmp_path: Path) -> None:
         assert f"]({png.name})" in md  # relative links, resolvable from the Markdown's directory
 
 
+def _head(ece: float, rate: float) -> dict[str, Any]:
+    table = {"strategy": "quantile", "mean_predicted": [rate * 0.5, rate * 1.5], "observed": [rate * 0.55, rate * 1.45],
+             "low": [rate * 0.4, rate * 1.3], "high": [rate * 0.7, rate * 1.6], "weight": [500.0, 500.0], "count": [500, 500]}
+    metrics = {"ece": ece, "log_loss": 0.3, "auc": 0.71, "rows": 1000, "weight": 1000.0, "positive_rate": rate,
+               "mean_predicted": rate, "table": table}
+    return {"calibrated": metrics, "uncalibrated": {**metrics, "ece": ece * 3}, "calibration": "isotonic",
+            "position": "none", "labels": "weighted", "train_rows": 5000, "train_positives": 400}
+
+
+def test_heads_section_and_reliability_plot(tmp_path: Path) -> None:
+    result = copy.deepcopy(MINIMAL)
+    result["metrics"] |= {"revenue_NDCG@10": 0.61}
+    result["heads"] = {"click": {**_head(0.004, 0.07), "position": "feature", "labels": ""}, "purchase": _head(0.012, 0.15)}
+    out = tmp_path / "heads.md"
+    written = write_report(result, out)
+    assert tmp_path / "heads-reliability.png" in written
+    assert_png(tmp_path / "heads-reliability.png")
+    md = out.read_text(encoding="utf-8")
+    assert table_row(md, "Variant") == "| Variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR@20 | revenue_NDCG@10 |"
+    assert "## Ranking heads" in md
+    assert table_row(md, "click") == "| click | 0.0040 | 0.0120 | 0.3000 | 0.7100 | 1,000 | 0.0700 | 0.0700 | isotonic | feature |"
+    assert table_row(md, "purchase").endswith("| isotonic | weighted |")
+    assert "](heads-reliability.png)" in md
+
+
 def test_optional_parts_absent(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "tiny report.md"  # missing directory and a space in the stem
     written = write_report(dict(MINIMAL), out)

@@ -18,6 +18,7 @@ from builder.evaluate.metrics import (
     novelty,
     popularity_bias,
     ranking_metrics,
+    revenue_ndcg,
 )
 from builder.evaluate.protocols import leave_one_out, rank_with_global_scores
 from tests.conftest import SHARED_DATA
@@ -33,6 +34,17 @@ def test_ranking_metrics_by_hand() -> None:
     assert m["NDCG@1"] == pytest.approx(1 / 5)
     assert m["NDCG@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 5)
     assert m["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 10 + 1 / 11) / 5)
+
+
+def test_revenue_weighted_ndcg_by_hand() -> None:
+    ranks = np.asarray([0, 3, NOT_RANKED, 12], np.int64)
+    price = np.asarray([10.0, 30.0, 60.0, np.nan])  # an unknown price is worth nothing
+    expected = (10.0 * 1.0 + 30.0 / math.log2(5)) / 100.0
+    assert revenue_ndcg(ranks, price, 10) == pytest.approx(expected)
+    # Equal values give plain NDCG; finding only the cheap target scores below finding the dear one.
+    assert revenue_ndcg(ranks[:3], np.ones(3), 10) == pytest.approx(ranking_metrics(ranks[:3], ks=(10,))["NDCG@10"])
+    assert revenue_ndcg(np.asarray([0, NOT_RANKED]), np.asarray([1.0, 9.0]), 10) < revenue_ndcg(np.asarray([NOT_RANKED, 0]), np.asarray([1.0, 9.0]), 10)
+    assert revenue_ndcg(ranks, np.zeros(4), 10) == 0.0
 
 
 def test_slate_metrics_by_hand() -> None:

@@ -27,6 +27,7 @@ from builder.ingest import load_store
 from builder.synth.sessions import BrowsingModel
 from engine.catalog import CatalogView
 from engine.settings import RetrievalSettings
+from tests._truth import true_attractiveness
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,19 +56,6 @@ def examples(tiny_store: Path, test_build_config, tmp_path_factory: pytest.TempP
     slates = logged_slates(store, since_ts=cutoff)
     data = slate_examples(store, view, slates, cutoff, 50, 0.6, RetrievalSettings())
     return store, data
-
-
-def true_attractiveness(tiny_store: Path, store, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """The store's own click logit, less its position term and constant (builder/synth/sessions.py)."""
-    truth = tiny_store / "truth"
-    synth_item = {sku: i for i, sku in enumerate(pl.read_parquet(tiny_store / "catalog.parquet")["sku"].to_list())}
-    synth_user = {u: i for i, u in enumerate(pl.read_parquet(tiny_store / "users.parquet")["user_id"].to_list())}
-    i = np.array([synth_item[s] for s in store.items.sku[items]])
-    u = np.array([synth_user[x] for x in store.users.user_id[users]])
-    taste, latent = np.load(truth / "user_taste.npy"), np.load(truth / "item_latent.npy")
-    return ((taste[u] * latent[i]).sum(axis=1) + np.load(truth / "item_quality.npy")[i]
-            - np.load(truth / "user_price_sensitivity.npy")[u] * np.load(truth / "item_price_term.npy")[i]
-            + BrowsingModel().discount_weight * store.items.discount[items])
 
 
 def test_the_click_head_is_calibrated_on_held_out_shoppers(examples) -> None:

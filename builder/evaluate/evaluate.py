@@ -29,6 +29,7 @@ from builder.config import BuildConfig
 from builder.evaluate import runner
 from builder.evaluate.protocols import EvalSplit, loo_split, sample_users, temporal_split
 from builder.evaluate.published import published_rows
+from builder.heads import read_head_reports
 from builder.ingest import load_store
 from builder.progress import ConsoleProgress, Progress
 from builder.store import Store
@@ -119,12 +120,15 @@ def evaluate(
             results["popularity (all interactions, as published)"] = runner.popularity_variant(
                 "popularity (all interactions, as published)", runner.popularity_scores(store), split.holdout, k
             )
-        for name, variant_settings in runner.pipeline_variants(settings, ablation).items():
+        has_heads = bundle.has(layout.HEADS_SPEC)
+        for name, variant_settings in runner.pipeline_variants(settings, ablation, heads=has_heads).items():
             results[name] = runner.run_variant(name, bundle, variant_settings, split.train, split, k, console)
             note(f"{name}: HR@10 {runner.m.hit_rate(results[name].ranks, 10):.4f} in {results[name].seconds:.0f}s")
         seconds["evaluate"] = round(time.monotonic() - t0, 2)
 
-        summaries = {name: runner.summarize(v, k, to_store_vectors, popularity, bootstrap, seed) for name, v in results.items()}
+        # What a target is worth: its price (the store's; NaN when unknown counts as 0).
+        target_value = split.train.items.price[split.holdout.targets].astype(np.float64)
+        summaries = {name: runner.summarize(v, k, to_store_vectors, popularity, bootstrap, seed, target_value) for name, v in results.items()}
         masks = runner.segments(split, split.train, popularity, settings.rerank.new_item_days)
         main_names = [n for n in results if not n.startswith("full −")]
         out = {
@@ -142,6 +146,8 @@ def evaluate(
             if ablation
             else [],
             "bundle": {"build_id": bundle.build_id, "eval": bundle.manifest.eval, "stage_seconds": bundle.manifest.stage_seconds},
+            # Each ranking head's held-out calibration, log loss, AUC and reliability table (builder/heads.py).
+            "heads": msgspec.to_builtins(read_head_reports(bundle.path(layout.HEADS_REPORT))) if bundle.has(layout.HEADS_REPORT) else {},
         }
         truth = data_dir / "truth"
         if (truth / "user_taste.npy").is_file() and (truth / "item_latent.npy").is_file():

@@ -26,6 +26,20 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
     return float(gains.mean())
 
 
+def revenue_ndcg(ranks: np.ndarray, value: np.ndarray, k: int) -> float:
+    """Revenue-weighted NDCG@k: each shopper's NDCG@k weighted by what their target is worth
+    (value float [n], e.g. its price), Σ value·NDCG / Σ value. A ranker that finds the cheap targets
+    and misses the dear ones scores lower here than on NDCG. 0 when no target has a value."""
+    value = np.nan_to_num(np.asarray(value, np.float64), nan=0.0)
+    total = float(value.sum())
+    if len(ranks) == 0 or total <= 0:
+        return 0.0
+    inside = ranks < k
+    gains = np.zeros(len(ranks), np.float64)
+    gains[inside] = 1.0 / np.log2(ranks[inside].astype(np.float64) + 2.0)
+    return float((gains * value).sum() / total)
+
+
 def mrr(ranks: np.ndarray) -> float:
     if len(ranks) == 0:
         return 0.0

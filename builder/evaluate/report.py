@@ -18,7 +18,7 @@ REQUIRED = ("dataset", "protocol", "metrics")
 MAIN_COLUMNS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR@20")
 # Slate metrics carry the slate size in their name; matched by prefix so a run at another k still
 # gets its columns.
-SLATE_PREFIXES = ("coverage@", "ILD@", "novelty@", "head_share@")
+SLATE_PREFIXES = ("revenue_NDCG@", "coverage@", "ILD@", "novelty@", "head_share@")
 PLOTTED = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 SEGMENT_COLUMNS = ("HR@10", "NDCG@10")
 FULL = "full pipeline"
@@ -67,6 +67,10 @@ def write_report(result: dict, out_md: Path) -> list[Path]:
         if ablation:
             plots["ablation"] = f"{out_md.stem}-ablation.png"
             _plot_ablation(ablation, staging / plots["ablation"])
+        heads = result.get("heads") or {}
+        if heads:
+            plots["heads"] = f"{out_md.stem}-reliability.png"
+            _plot_heads(heads, staging / plots["heads"])
         (staging / out_md.name).write_text(_markdown(result, variants, plots), encoding="utf-8")
 
         written = [out_md.parent / name for name in plots.values()]
@@ -192,6 +196,10 @@ def _markdown(result: dict[str, Any], variants: list[Variant], plots: dict[str, 
     if ablation:
         out += _ablation(ablation) + [_image("NDCG@10 per ablation row", plots["ablation"]), ""]
 
+    heads = result.get("heads") or {}
+    if heads:
+        out += _heads(heads) + [_image("Reliability of each ranking head", plots["heads"]), ""]
+
     correlation = result.get("correlation") or {}
     if correlation:
         out += ["## Correlation", "", *_table(["Quantity", "Value"], [[k, _num(v)] for k, v in correlation.items()]), ""]
@@ -212,6 +220,31 @@ def _reproduce(run: dict[str, Any]) -> list[str]:
     elif _is_num(seconds):
         out.append(f"- Time: {seconds:.1f} s")
     return out + [""]
+
+
+def _heads(heads: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, body in heads.items():
+        cal, raw = body.get("calibrated") or {}, body.get("uncalibrated") or {}
+        rows.append([
+            name, _num(cal.get("ece")), _num(raw.get("ece")), _num(cal.get("log_loss")), _num(cal.get("auc")),
+            f"{int(cal['rows']):,}" if _is_num(cal.get("rows")) else DASH, _num(cal.get("positive_rate")), _num(cal.get("mean_predicted")),
+            str(body.get("calibration", DASH)), str(body.get("labels") or body.get("position") or DASH),
+        ])  # fmt: skip
+    header = ["Head", "ECE", "ECE uncalibrated", "Log loss", "AUC", "Rows", "Observed rate", "Mean predicted", "Map", "Labels / position"]
+    note = ("Held-out shoppers of the bundle's build, cross-fitted (the trees and the calibration map never saw the judged "
+            "rows); ECE over 15 equal-weight bins. Conversion heads are judged on their training labels' weights "
+            "(open attribution windows weighted by the delay distribution, builder/labels.py).")
+    return ["## Ranking heads", "", *_table(header, rows), "", note, ""]
+
+
+def _plot_heads(heads: dict[str, Any], path: Path) -> None:
+    from builder.calibration import ReliabilityTable, plot_reliability  # offline tooling, like matplotlib
+
+    import msgspec
+
+    tables = {name: msgspec.convert(body["calibrated"]["table"], ReliabilityTable) for name, body in heads.items()}
+    plot_reliability(tables, path, title="Reliability per ranking head (held-out shoppers)")
 
 
 def _ablation(rows: list[dict[str, Any]]) -> list[str]:

@@ -27,7 +27,7 @@ from builder.evaluate.protocols import EvalSplit, Holdout, rank_with_global_scor
 from builder.store import Store
 from engine.schemas import RecommendQuery
 from engine.service import Recommender
-from engine.settings import DeadlineSettings, RankingSettings, RerankSettings, RetrievalSettings, Settings, SourceSpec
+from engine.settings import BlendWeights, DeadlineSettings, RankingSettings, RerankSettings, RetrievalSettings, Settings, SourceSpec
 
 KS = (5, 10, 20)
 CI_METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -71,14 +71,31 @@ def without_sources(base: Settings, names: tuple[str, ...]) -> Settings:
     return msgspec.structs.replace(eval_settings(base), retrieval=msgspec.structs.replace(base.retrieval, home=plan))
 
 
-def pipeline_variants(base: Settings, ablation: bool) -> dict[str, Settings]:
-    """name → settings. "full" is the served configuration; the rest are baselines and, with
-    `ablation`, the full pipeline with one ingredient taken out at a time."""
+# The heads objective's two blends compared by `aisle eval` (and the simulated A/B study): clicks
+# alone, and clicks plus expected revenue (a click worth 1 currency unit, a purchase its price).
+HEAD_BLENDS = {"click": BlendWeights(click=1.0), "revenue": BlendWeights(click=1.0, revenue=1.0)}
+
+
+def with_objective(base: Settings, objective: str, blend: BlendWeights | None = None) -> Settings:
+    ranking = msgspec.structs.replace(base.ranking, objective=objective)
+    if blend is not None:
+        ranking = msgspec.structs.replace(ranking, blend=blend, blend_by_surface={})
+    return msgspec.structs.replace(eval_settings(base), ranking=ranking)
+
+
+def pipeline_variants(base: Settings, ablation: bool, heads: bool = False) -> dict[str, Settings]:
+    """name → settings. "full" is the served configuration; the rest are baselines, with `heads`
+    (the bundle has ranking heads) the full pipeline ranked by the legacy ranker and by each heads
+    blend, and with `ablation` the full pipeline with one ingredient taken out at a time."""
     variants = {
         "full": eval_settings(base),
         "covisit": single_source(base, "covisit"),
         "ann": single_source(base, "ann"),
     }
+    if heads:
+        if base.ranking.objective != "legacy":
+            variants["full (legacy ranker)"] = with_objective(base, "legacy")
+        variants |= {f"full (heads: {name})": with_objective(base, "heads", blend) for name, blend in HEAD_BLENDS.items()}
     if ablation:
         variants |= {
             "full − ranker": msgspec.structs.replace(eval_settings(base), ranking=msgspec.structs.replace(base.ranking, enabled=False)),
@@ -139,9 +156,14 @@ def popularity_variant(name: str, counts: np.ndarray, holdout: Holdout, k: int) 
     return VariantResult(name, ranks, slates, time.perf_counter() - started, {})
 
 
-def summarize(v: VariantResult, k: int, vectors: np.ndarray, popularity: np.ndarray, bootstrap: int, seed: int) -> dict:
-    """Ranking metrics, slate metrics and bootstrap CIs of one variant."""
+def summarize(
+    v: VariantResult, k: int, vectors: np.ndarray, popularity: np.ndarray, bootstrap: int, seed: int, target_value: np.ndarray | None = None
+) -> dict:
+    """Ranking metrics, slate metrics and bootstrap CIs of one variant; with `target_value` (what
+    each shopper's target is worth, e.g. its price) the revenue-weighted NDCG too."""
     out = {key: val for key, val in m.ranking_metrics(v.ranks, tuple(x for x in KS if x <= k)).items() if key != "MRR"}
+    if target_value is not None:
+        out |= {f"revenue_NDCG@{x}": m.revenue_ndcg(v.ranks, target_value, x) for x in (10, 20) if x <= k}
     out[f"MRR@{k}"] = m.mrr(v.ranks)
     out[f"coverage@{k}"] = m.coverage(v.slates, len(popularity))
     out[f"ILD@{k}"] = m.intra_list_diversity(v.slates, vectors)

@@ -29,6 +29,17 @@ items are bought as without a delay). A purchase that would land at or after the
 not logged — it has not happened yet when the log ends — rather than clamped like in-session events:
 that right-censoring is what delayed-label handling (builder.labels) has to correct.
 
+Confounded slate order (opt-in, `slate_order` other than "draw"; the default keeps every store
+byte for byte as before): the policy draws a slate's items as above, then lists them by a logging
+score the ranker's features can see, highest first, instead of in draw order: "popularity" (log
+of the sampling weight; the model sees it through the log's counts) or "price" (log of the
+effective price, as a revenue-first ranker would). The score is standardised over the catalog and
+gets `SLATE_ORDER_NOISE` · N(0, 1) per showing, so an item is not always at the same rank; a cart
+slate's planted complement keeps its near-top slot. Neither score is the attractiveness, so the
+slot is then correlated with the features, as under a production ranker: a click model that
+ignores the slot learns "was listed high" as part of the features' effect, in order and not only
+in level (what position-bias correction, builder.heads, is tested on).
+
 The kernel is `numba.njit`. Each session reseeds NumPy's generator inside the kernel from a
 per-session seed drawn up front, so results depend only on (scale, seed), not on how the session
 list is chunked or on the output buffer's growth.
@@ -63,6 +74,10 @@ DWELL = int(EventType.DWELL)
 R_SESSION, R_ITEM, R_TYPE, R_DWELL_MS, R_SURFACE, R_REQUEST, R_POSITION = range(7)
 N_RECORD = 7
 MAX_CART = 24
+# How a slate's drawn items are listed (`simulate_sessions(slate_order=...)`): "draw" is the store's
+# own order; the others sort by a noisy logging score, like a production ranker would.
+SLATE_ORDERS = ("draw", "popularity", "price")
+SLATE_ORDER_NOISE = 0.5  # standard deviation of the per-showing noise, in units of the score's spread
 CHUNK_SESSIONS = 25_000  # sessions per kernel call (progress granularity)
 
 
@@ -237,10 +252,14 @@ def _simulate(
     exam: np.ndarray,
     m: BrowsingModel,
     purchase_delay_s: float,
+    order_key: np.ndarray,
+    order_noise: float,
 ) -> tuple[int, int, int]:
     """Simulate sessions [s_begin, s_end) appending at event row `n`.
 
     `purchase_delay_s` > 0: mean of the exponential delay between checkout and payment (seconds).
+    `order_key` float64 [n_items] (empty: draw order): the logging score a slate's drawn items are
+    listed by, highest first, after adding `order_noise` · N(0, 1) per item and slate.
 
     Stops early, at a session boundary, when the buffers might overflow. Returns
     (events written so far, requests so far, next session to simulate).
@@ -250,6 +269,8 @@ def _simulate(
     n_items = latent.shape[0]
     per_session_bound = m.max_pages * (4 * slate_size + 4) + 2 * MAX_CART + 8
     slate = np.empty(slate_size, dtype=np.int64)
+    slate_key = np.empty(slate_size, dtype=np.float64)
+    ordered = order_key.shape[0] > 0
     clicked = np.empty(slate_size, dtype=np.int64)
     cart_item = np.empty(MAX_CART, dtype=np.int64)
     cart_req = np.empty(MAX_CART, dtype=np.int64)
@@ -364,10 +385,29 @@ def _simulate(
                             break
                 if n_slate == 0:
                     break
+                first = 1 if planted >= 0 else 0
+                if ordered:
+                    # A confounded logging policy: the drawn items listed by a noisy logging score
+                    # (insertion sort, highest first; a slate is at most 50 items).
+                    for p in range(first, n_slate):
+                        item = slate[p]
+                        key = order_key[item] + order_noise * np.random.standard_normal()
+                        q = p
+                        while q > first and slate_key[q - 1] < key:
+                            slate[q] = slate[q - 1]
+                            slate_key[q] = slate_key[q - 1]
+                            q -= 1
+                        slate[q] = item
+                        slate_key[q] = key
                 if planted >= 0:
                     # The "bought together" slot sits near the top, not always first.
                     p0 = np.random.randint(0, min(3, n_slate))
-                    slate[0] = slate[p0]
+                    if ordered:
+                        # Moved there, keeping the other items' order.
+                        for q in range(p0):
+                            slate[q] = slate[q + 1]
+                    else:
+                        slate[0] = slate[p0]
                     slate[p0] = planted
                 req = n_requests
                 n_requests += 1
@@ -485,6 +525,28 @@ def _simulate(
     return n, n_requests, s_end
 
 
+def logging_score(catalog: Catalog, slate_order: str) -> np.ndarray:
+    """float64 [n_items]: the score the logging policy lists a slate's items by, standardised to
+    mean 0 and standard deviation 1 over the catalog; empty for "draw" (draw order).
+
+    "popularity": log of the item's popularity (the sampling weight; the model sees it through the
+    log's counts: `item_log_popularity`, `item_ctr`). "price": log of the effective price
+    (`item_log_price`), as a ranker that puts revenue first would. Neither is the attractiveness:
+    popularity is only correlated with quality, and price-sensitive shoppers prefer cheaper items.
+    """
+    if slate_order not in SLATE_ORDERS:
+        raise ValueError(f"slate_order must be one of {', '.join(SLATE_ORDERS)}, got {slate_order!r}")
+    if slate_order == "draw":
+        return np.zeros(0, dtype=np.float64)
+    if slate_order == "popularity":
+        key = np.log(catalog.popularity)
+    else:
+        key = np.log(catalog.price * (1.0 - catalog.discount))
+    key = np.asarray(key, dtype=np.float64)
+    sd = float(key.std())
+    return (key - key.mean()) / (sd if sd > 0.0 else 1.0)
+
+
 def simulate_sessions(
     catalog: Catalog,
     shoppers: Shoppers,
@@ -495,15 +557,19 @@ def simulate_sessions(
     model: BrowsingModel = BrowsingModel(),
     progress: Callable[[str, int, int], None] | None = None,
     purchase_delay_days: float = 0.0,
+    slate_order: str = "draw",
 ) -> Log:
     """Every session in `visits`, deterministic in `seed`; events in session order.
 
     `purchase_delay_days` > 0 delays each checkout's purchases by an exponential delay with that
     mean (days) and leaves out those falling at or after `horizon_end` (see the module docstring);
-    0 keeps the in-session checkout. Raises ValueError for a negative or non-finite delay.
+    0 keeps the in-session checkout. `slate_order` (one of SLATE_ORDERS) lists each slate's drawn
+    items in draw order ("draw", the default) or by a noisy logging score (`logging_score`).
+    Raises ValueError for a negative or non-finite delay or an unknown order.
     """
     if not (np.isfinite(purchase_delay_days) and purchase_delay_days >= 0.0):
         raise ValueError(f"purchase_delay_days must be a finite number ≥ 0, got {purchase_delay_days}")
+    order_key = logging_score(catalog, slate_order)
     rng = np.random.default_rng([seed, 4])
     n_sessions = len(visits)
     session_seed = rng.integers(0, 2**32, size=n_sessions, dtype=np.uint64).astype(np.int64)
@@ -530,6 +596,7 @@ def simulate_sessions(
             shoppers.taste, shoppers.price_sensitivity, shoppers.interest_leaf, shoppers.interest_cum,
             shoppers.blocked_brands_ptr, shoppers.blocked_brands, shoppers.blocked_sellers_ptr,
             shoppers.blocked_sellers, exam, model, float(purchase_delay_days) * DAY,
+            order_key, SLATE_ORDER_NOISE,
         )  # fmt: skip
         if s < stop:
             grow = max(cap // 2, 4_096)

@@ -17,7 +17,14 @@ from builder.synth import catalog as catalog_model
 from builder.synth import writer
 from builder.synth.catalog import DAY, Catalog, build_catalog
 from builder.synth.scales import Scale, resolve_scale
-from builder.synth.sessions import BrowsingModel, Log, position_bias, simulate_sessions
+from builder.synth.sessions import (
+    SLATE_ORDER_NOISE,
+    SLATE_ORDERS,
+    BrowsingModel,
+    Log,
+    position_bias,
+    simulate_sessions,
+)
 from builder.synth.shoppers import Shoppers, build_shoppers
 from builder.synth.visits import Visits, horizon, schedule_visits
 
@@ -67,6 +74,7 @@ def generate(
     overwrite: bool = False,
     end: int | None = None,
     purchase_delay_days: float = 0.0,
+    slate_order: str = "draw",
 ) -> SynthSummary:
     """Generate the synthetic store `scale` (a name in SCALES or a Scale) with `seed` into `out`.
 
@@ -78,9 +86,15 @@ def generate(
     after checkout, and leaves out those due after `end` (sessions.py; the long-delay store that
     builder.labels is tested on); it is then recorded in truth/store.json as
     `parameters.purchase_delay_days`. The default 0 writes exactly the store it always did.
+    `slate_order` other than "draw" (opt-in; sessions.SLATE_ORDERS) lists each slate's items by a
+    noisy logging score the model can see ("popularity" or "price") instead of in draw order, so
+    the slot confounds the features as under a production ranker (the store position-bias
+    correction is tested on); it is then recorded as `parameters.slate_order` (score and noise).
+    The default "draw" writes exactly the store it always did.
     `progress(stage, done, total)` is called for stages catalog, shoppers, visits, sessions (done =
     sessions simulated), write (files), events (rows written), publish.
-    Raises ValueError for a bad scale, seed or delay, FileExistsError for a non-empty `out`.
+    Raises ValueError for a bad scale, seed, delay or slate order, FileExistsError for a non-empty
+    `out`.
     """
     started = time.perf_counter()
     spec = resolve_scale(scale)
@@ -88,6 +102,8 @@ def generate(
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     if not (np.isfinite(purchase_delay_days) and purchase_delay_days >= 0.0):
         raise ValueError(f"purchase_delay_days must be a finite number ≥ 0, got {purchase_delay_days}")
+    if slate_order not in SLATE_ORDERS:
+        raise ValueError(f"slate_order must be one of {', '.join(SLATE_ORDERS)}, got {slate_order!r}")
     out = Path(out)
     writer.check_destination(out, overwrite)
     report = progress if progress is not None else (lambda stage, done, total: None)
@@ -106,7 +122,7 @@ def generate(
     report("visits", 1, 1)
     model = BrowsingModel()
     log = simulate_sessions(
-        catalog, shoppers, visits, end, spec.slate_size, seed, model, progress, purchase_delay_days
+        catalog, shoppers, visits, end, spec.slate_size, seed, model, progress, purchase_delay_days, slate_order
     )
 
     by_type = np.bincount(log.type, minlength=len(EVENT_TYPE_NAMES))
@@ -116,6 +132,8 @@ def generate(
     if purchase_delay_days > 0.0:
         # Only when asked for: a default store's store.json stays exactly what it was.
         info["parameters"]["purchase_delay_days"] = float(purchase_delay_days)  # type: ignore[index]
+    if slate_order != "draw":
+        info["parameters"]["slate_order"] = {"score": slate_order, "noise": SLATE_ORDER_NOISE}  # type: ignore[index]
     tmp = writer.staging_dir(out)
     published = False
     try:
