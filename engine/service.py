@@ -24,7 +24,7 @@ from artifacts import layout
 from artifacts.bundle import Bundle
 from artifacts.drift import load_reference
 from artifacts.errors import BundleError
-from artifacts.featurespec import FEATURE_NAMES
+from artifacts.featurespec import FEATURE_NAMES, served_width
 from artifacts.heads import RankingHeads, load_heads
 from artifacts.ranker import CompiledRanker
 from artifacts.usertower import UserTowerError
@@ -172,11 +172,20 @@ class Recommender:
                 loader()
             except (BundleError, UserTowerError, VectorIndexError, OSError) as exc:
                 problems[part] = str(exc)
+        # The models read the columns of the feature spec they were trained on: this engine's, or a
+        # leading part of it for a bundle from before later features were appended (a staging
+        # bundle, the builder's backtest, has no manifest yet and is this spec). Another spec's
+        # columns mean something else: such models are not loaded, rather than fed wrong columns.
+        recorded = [f.name for f in bundle.manifest.feature_spec] if bundle.manifest is not None else list(FEATURE_NAMES)
+        spec_problem = None
+        if served_width(recorded) is None:
+            spec_problem = (f"the bundle's models read another feature spec ({len(recorded)} features, not this engine's "
+                            f"{len(FEATURE_NAMES)} nor a leading part of them): rebuild the bundle with this Aisle")
+        n_features = self.view.n_features
         ranker: CompiledRanker | None = None
         try:
-            # A staging bundle (the builder's backtest) has no manifest yet; its ranker was just
-            # trained on this engine's feature spec.
-            n_features = int(bundle.manifest.dims["n_features"]) if bundle.manifest else len(FEATURE_NAMES)
+            if spec_problem:
+                raise BundleError(spec_problem)
             ranker = CompiledRanker(bundle.path(layout.RANKER_LIB), n_features=n_features)
         except (BundleError, OSError, KeyError) as exc:
             problems["ranker"] = str(exc)
@@ -184,7 +193,8 @@ class Recommender:
         self.heads: RankingHeads | None = None
         heads_problem: str | None = None
         try:
-            n_features = int(bundle.manifest.dims["n_features"]) if bundle.manifest else len(FEATURE_NAMES)
+            if spec_problem:
+                raise BundleError(spec_problem)
             self.heads = load_heads(bundle, n_features)
             if self.heads is None:
                 heads_problem = "the bundle has no ranking heads (built before them, or from a log without enough impressions)"

@@ -154,3 +154,22 @@ def test_a_page_longer_than_the_ranking_cap_is_still_full(tiny_bundle: Path) -> 
     rec = Recommender(open_bundle(tiny_bundle / "current"), s, live=None)
     response, _ = rec.run(RecommendQuery("home", user_id=rec.view.bundle.users.id_of(1), count=120))
     assert len({i.sku for i in response.items}) == 120
+
+
+def test_models_of_another_feature_spec_are_not_loaded(tiny_bundle: Path) -> None:
+    """A manifest whose feature spec is neither this engine's nor a leading part of it: the ranker
+    would read columns that mean something else, so it is not loaded and the slate says why."""
+    from artifacts.manifest import FeatureEntry
+
+    bundle = open_bundle(tiny_bundle / "current")
+    spec = list(bundle.manifest.feature_spec)
+    spec[0], spec[1] = spec[1], spec[0]  # same features, another order
+    bundle.manifest = msgspec.structs.replace(bundle.manifest, feature_spec=spec)
+    assert all(isinstance(f, FeatureEntry) for f in spec)
+    rec = Recommender(bundle, unhurried(), live=None)
+    try:
+        assert rec.ranker is None and "another feature spec" in (rec.load_report.ranker or "")
+        response, _ = rec.run(RecommendQuery(surface="home", count=10))
+        assert response.fallback == "ranker_unavailable" and len(response.items) == 10
+    finally:
+        rec.close()
