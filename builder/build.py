@@ -186,7 +186,7 @@ def _ranking_heads(
     for name, head in heads.items():
         m = head.calibrated
         note(f"head {name}: {head.train_rows:,} rows, {head.train_positives:,} positives; held out: ECE {m.ece:.4f} "
-             f"(uncalibrated {head.raw.ece:.4f}), log loss {m.log_loss:.4f}, AUC {m.auc:.3f} ({head.calibration_kind})")
+             f"(noise floor {m.ece_floor:.4f}, uncalibrated {head.raw.ece:.4f}), log loss {m.log_loss:.4f}, AUC {m.auc:.3f} ({head.calibration_kind})")
     evaluation |= write_heads(heads, data, staging, config.ranker, note)
     counts = {"heads_slates_train": data.slates["train"], "heads_slates_valid": data.slates["valid"]}
     counts |= {f"head_{name}_rows": head.train_rows for name, head in heads.items()}

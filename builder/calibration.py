@@ -42,8 +42,9 @@ and `prior_weight` is counted in the same unit (rescale importance weights so a 
 weighs about 1, or set `prior_weight` accordingly).
 
 Metrics (each weighted, labels 0/1): `expected_calibration_error` (and the `reliability_table`
-it is computed from), `log_loss`, `auc` (ties count one half, O(n log n)), `evaluate_head` (all
-of them), `plot_reliability` (PNG, one line per head).
+it is computed from), `ece_noise_floor` (what a perfectly calibrated head would score on the same
+rows), `log_loss`, `auc` (ties count one half, O(n log n)), `evaluate_head` (all of them),
+`plot_reliability` (PNG, one line per head).
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class HeadMetrics(msgspec.Struct, frozen=True, kw_only=True):
     positive_rate: float  # weighted share of label 1
     mean_predicted: float  # weighted; equal to positive_rate for a calibrated head (calibration-in-the-large)
     table: ReliabilityTable
+    # The ECE a perfectly calibrated head would show on these rows from sampling noise alone (mean
+    # over labels drawn from its own predictions): an ECE near it is as good as the rows can tell.
+    ece_floor: float = math.nan  # NaN in reports written before it was measured
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -562,6 +566,28 @@ def expected_calibration_error(
     return reliability_table(probs, labels, weights, bins, strategy).ece
 
 
+def ece_noise_floor(
+    probs: np.ndarray,
+    weights: np.ndarray | None = None,
+    bins: int = DEFAULT_BINS,
+    strategy: Literal["quantile", "uniform"] = "quantile",
+    replicates: int = 20,
+    seed: int = 0,
+) -> float:
+    """The mean ECE of `probs` against labels drawn from `probs` themselves (Bernoulli, seeded):
+    what a perfectly calibrated head scores on rows this many, this weighted and this spread,
+    from sampling noise alone. Binned ECE is biased upwards on a finite sample; a head whose ECE
+    sits near this floor is calibrated as far as the sample can show. NaN for no rows."""
+    if replicates < 1:
+        raise CalibrationInputError(f"ece_noise_floor: replicates must be ≥ 1, got {replicates}")
+    p, _, w = _inputs(probs, np.zeros(np.shape(probs)), weights, "ece_noise_floor", probabilities=True)
+    if p.size == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    draws = [reliability_table(p, (rng.random(p.size) < p).astype(np.float64), w, bins, strategy).ece for _ in range(replicates)]
+    return float(np.mean(draws))
+
+
 def evaluate_head(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -569,8 +595,9 @@ def evaluate_head(
     bins: int = DEFAULT_BINS,
     strategy: Literal["quantile", "uniform"] = "quantile",
 ) -> HeadMetrics:
-    """Everything `aisle eval` reports for one calibrated head: ECE with its reliability table,
-    log loss, AUC, and calibration in the large (mean prediction against positive rate)."""
+    """Everything `aisle eval` reports for one calibrated head: ECE with its reliability table and
+    its noise floor, log loss, AUC, and calibration in the large (mean prediction against positive
+    rate)."""
     table = reliability_table(probs, labels, weights, bins, strategy)
     p, y, w = _inputs(probs, labels, weights, "evaluate_head", probabilities=True)
     total = float(w.sum())
@@ -578,6 +605,7 @@ def evaluate_head(
         ece=table.ece, log_loss=log_loss(p, y, w), auc=auc(p, y, w), rows=int(p.size), weight=total,
         positive_rate=float((w * y).sum() / total) if total > 0 else math.nan,
         mean_predicted=float((w * p).sum() / total) if total > 0 else math.nan, table=table,
+        ece_floor=ece_noise_floor(p, w, bins, strategy),
     )  # fmt: skip
 
 

@@ -280,7 +280,7 @@ def write_heads(heads: dict[str, Head], data: SlateExamples, bundle_dir: Path, c
                                trees=compiled.n_trees, calibration=name)
         m = head.calibrated
         entries |= {
-            f"head_{name}_ece": m.ece, f"head_{name}_log_loss": m.log_loss, f"head_{name}_auc": m.auc,
+            f"head_{name}_ece": m.ece, f"head_{name}_ece_floor": m.ece_floor, f"head_{name}_log_loss": m.log_loss, f"head_{name}_auc": m.auc,
             f"head_{name}_ece_uncalibrated": head.raw.ece, f"head_{name}_positive_rate": m.positive_rate,
             f"head_{name}_parity_max_abs_diff": compiled.max_abs_diff,
         }

@@ -32,6 +32,7 @@ from builder.calibration import (
     apply_map,
     auc,
     choose,
+    ece_noise_floor,
     evaluate_head,
     expected_calibration_error,
     fit_isotonic,
@@ -305,6 +306,24 @@ def test_ece_is_small_for_a_calibrated_head_and_large_for_a_miscalibrated_one() 
         assert expected_calibration_error(p * 0.5, y, strategy=strategy) > 0.1  # underestimates everything
 
 
+def test_the_noise_floor_is_what_a_calibrated_head_scores_and_shrinks_with_the_sample() -> None:
+    rng = np.random.default_rng(13)
+    floors = {}
+    for n in (1_600, 25_600):
+        p = rng.beta(2.0, 5.0, size=n)
+        observed = [expected_calibration_error(p, (rng.random(n) < p).astype(np.float64)) for _ in range(40)]
+        floors[n] = ece_noise_floor(p)
+        # a calibrated head's ECE over fresh labels averages the floor (40 draws: the mean is within ~5%)
+        assert floors[n] == pytest.approx(np.mean(observed), rel=0.15)
+        assert floors[n] == pytest.approx(0.8 * math.sqrt(np.mean(p * (1 - p)) * 15 / n), rel=0.35)  # the docstring's rule
+        assert expected_calibration_error(p * 0.7, (rng.random(n) < p).astype(np.float64)) > 2 * floors[n]  # a real gap stands out
+    assert floors[25_600] < floors[1_600] / 3  # ~1/√n: 16 times the rows, a quarter of the floor
+    assert ece_noise_floor(np.full(50, 0.0)) == 0.0 and math.isnan(ece_noise_floor(np.zeros(0)))
+    assert ece_noise_floor(p, seed=1) != ece_noise_floor(p, seed=2) and ece_noise_floor(p, seed=1) == ece_noise_floor(p, seed=1)
+    with pytest.raises(CalibrationInputError, match="replicates"):
+        ece_noise_floor(p, replicates=0)
+
+
 def test_reliability_table_bins_and_ties() -> None:
     rng = np.random.default_rng(11)
     p = rng.random(10_000)
@@ -331,6 +350,7 @@ def test_evaluate_head_reports_everything() -> None:
     assert m.rows == 25_000 and m.ece < 0.03 and 0.7 < m.auc < 1.0
     assert m.mean_predicted == pytest.approx(m.positive_rate, abs=0.01)
     assert m.log_loss == pytest.approx(log_loss(p, labels[25_000:]))
+    assert 0 < m.ece_floor < 0.03 and m.ece_floor == ece_noise_floor(p)
     assert m.auc == pytest.approx(auc(scores[25_000:], labels[25_000:]), abs=0.002)  # calibration keeps the order (up to ties)
     assert msgspec.json.decode(msgspec.json.encode(m), type=type(m)) == m  # reports serialise as they are
 

@@ -117,7 +117,9 @@ def _head(ece: float, rate: float) -> dict[str, Any]:
 def test_heads_section_and_reliability_plot(tmp_path: Path) -> None:
     result = copy.deepcopy(MINIMAL)
     result["metrics"] |= {"revenue_NDCG@10": 0.61}
-    result["heads"] = {"click": {**_head(0.004, 0.07), "position": "feature", "labels": ""}, "purchase": _head(0.012, 0.15)}
+    click = _head(0.004, 0.07)
+    click["calibrated"]["ece_floor"] = 0.0035  # the purchase head comes from a report written before the floor was measured
+    result["heads"] = {"click": {**click, "position": "feature", "labels": ""}, "purchase": _head(0.012, 0.15)}
     out = tmp_path / "heads.md"
     written = write_report(result, out)
     assert tmp_path / "heads-reliability.png" in written
@@ -125,7 +127,9 @@ def test_heads_section_and_reliability_plot(tmp_path: Path) -> None:
     md = out.read_text(encoding="utf-8")
     assert table_row(md, "Variant") == "| Variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR@20 | revenue_NDCG@10 |"
     assert "## Ranking heads" in md
-    assert table_row(md, "click") == "| click | 0.0040 | 0.0120 | 0.3000 | 0.7100 | 1,000 | 0.0700 | 0.0700 | isotonic | feature |"
+    assert table_row(md, "Head").startswith("| Head | ECE | ECE noise floor | ECE uncalibrated |")
+    assert table_row(md, "click") == "| click | 0.0040 | 0.0035 | 0.0120 | 0.3000 | 0.7100 | 1,000 | 0.0700 | 0.0700 | isotonic | feature |"
+    assert table_row(md, "purchase").startswith("| purchase | 0.0120 | – | 0.0360 |")
     assert table_row(md, "purchase").endswith("| isotonic | weighted |")
     assert "](heads-reliability.png)" in md
 

@@ -84,12 +84,13 @@ def test_the_bundle_ships_three_calibrated_compiled_heads(dense_bundle: Path) ->
     for name in HEAD_NAMES:
         assert bundle.has(spec.heads[name].library)
         m = reports[name].calibrated
-        print(f"\nhead {name}: ECE {m.ece:.4f} (uncalibrated {reports[name].uncalibrated.ece:.4f}), log loss {m.log_loss:.4f}, "
+        print(f"\nhead {name}: ECE {m.ece:.4f} (noise floor {m.ece_floor:.4f}, uncalibrated {reports[name].uncalibrated.ece:.4f}), log loss {m.log_loss:.4f}, "
               f"AUC {m.auc:.3f}, rows {m.rows:,}, observed {m.positive_rate:.4f}, predicted {m.mean_predicted:.4f}")
         assert m.ece < 0.02, (name, m.ece)  # issue 9's bound, on held-out shoppers
         assert m.auc > 0.55, (name, m.auc)  # the heads rank, not just calibrate
         assert abs(m.mean_predicted - m.positive_rate) < 0.01  # calibration in the large
         assert ev[f"head_{name}_ece"] == pytest.approx(m.ece)
+        assert 0 < m.ece_floor < 0.02 and ev[f"head_{name}_ece_floor"] == pytest.approx(m.ece_floor)  # the rows can show 0.02
         assert ev[f"head_{name}_parity_max_abs_diff"] < 1e-5  # the compiled head is the trained one
     # The probabilities are ordered as the funnel is: a click is likelier than a cart after it,
     # a cart than a purchase.

@@ -227,13 +227,15 @@ def _heads(heads: dict[str, Any]) -> list[str]:
     for name, body in heads.items():
         cal, raw = body.get("calibrated") or {}, body.get("uncalibrated") or {}
         rows.append([
-            name, _num(cal.get("ece")), _num(raw.get("ece")), _num(cal.get("log_loss")), _num(cal.get("auc")),
+            name, _num(cal.get("ece")), _num(cal.get("ece_floor")), _num(raw.get("ece")), _num(cal.get("log_loss")), _num(cal.get("auc")),
             f"{int(cal['rows']):,}" if _is_num(cal.get("rows")) else DASH, _num(cal.get("positive_rate")), _num(cal.get("mean_predicted")),
             str(body.get("calibration", DASH)), str(body.get("labels") or body.get("position") or DASH),
         ])  # fmt: skip
-    header = ["Head", "ECE", "ECE uncalibrated", "Log loss", "AUC", "Rows", "Observed rate", "Mean predicted", "Map", "Labels / position"]
+    header = ["Head", "ECE", "ECE noise floor", "ECE uncalibrated", "Log loss", "AUC", "Rows", "Observed rate", "Mean predicted", "Map", "Labels / position"]
     note = ("Held-out shoppers of the bundle's build, cross-fitted (the trees and the calibration map never saw the judged "
-            "rows); ECE over 15 equal-weight bins. Conversion heads are judged on their training labels' weights "
+            "rows); ECE over 15 equal-weight bins. The noise floor is the ECE a perfectly calibrated head "
+            "would show on the same rows from sampling alone (labels drawn from its own predictions); an ECE near it "
+            "is as calibrated as the rows can tell. Conversion heads are judged on their training labels' weights "
             "(open attribution windows weighted by the delay distribution, builder/labels.py).")
     return ["## Ranking heads", "", *_table(header, rows), "", note, ""]
 
