@@ -3,13 +3,20 @@
 A build writes into `<root>/.staging-<build_id>/`; `finalize` fsyncs every file, writes the
 manifest last, fsyncs, and renames the directory to `<root>/<build_id>/`; `set_current` swaps the
 `current` symlink with a rename, so a reader sees the old bundle or the new one, never a mix.
+
+A staging directory is held by an exclusive flock on the directory itself for as long as its
+build runs (`staging_dir` takes it, `release_staging` drops it). The kernel drops it when the
+process dies however it dies, so `sweep_staging` can tell a killed build's leftovers (lock free:
+removed) from a live build's (lock held: left alone), with no pid files to go stale.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,12 +30,66 @@ CURRENT = "current"
 STAGING_PREFIX = ".staging-"
 
 
+STAGING_GRACE_S = 60.0  # a staging dir younger than this is never swept: its build may not hold the lock yet
+
+_held: dict[Path, int] = {}  # staging dir -> the descriptor whose flock holds it
+
+
 def staging_dir(root: Path, build_id: str) -> Path:
+    """A fresh `<root>/.staging-<build_id>/`, held by this process until `release_staging`."""
     path = Path(root) / f"{STAGING_PREFIX}{build_id}"
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise PublishError(f"cannot hold {path}: {exc.strerror}") from exc
+    _held[path] = fd
     return path
+
+
+def release_staging(path: Path) -> None:
+    """Drop this process's hold on a staging dir (whether or not it still exists, renamed or not)."""
+    fd = _held.pop(Path(path), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor of the open file releases its flock
+
+
+def sweep_staging(root: Path, grace_s: float = STAGING_GRACE_S) -> list[Path]:
+    """Remove the staging dirs under `root` that no live build holds (their builds were killed
+    before they could clean up: `kill -9`, OOM, power loss) and that are older than `grace_s`;
+    return them. A live build's dir, this process's own, and anything not a plain directory are
+    left alone."""
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for path in sorted(root.iterdir()):
+        if not path.name.startswith(STAGING_PREFIX) or path.is_symlink() or not path.is_dir() or path in _held:
+            continue
+        try:
+            if now - path.stat().st_mtime < grace_s:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # its build finished or cleaned up meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live build holds it
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        fsync_path(root)
+    return removed
 
 
 def save_array(bundle_dir: Path, rel: str, array: np.ndarray) -> None:

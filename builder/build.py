@@ -36,7 +36,7 @@ from artifacts.drift import write_reference
 from artifacts.featurespec import FEATURE_NAMES, FEATURES, check_spec
 from artifacts.idmap import encode_ids
 from artifacts.manifest import FeatureEntry, Manifest
-from artifacts.publish import current_build_id, finalize, inventory, save_array, set_current, staging_dir
+from artifacts.publish import current_build_id, finalize, inventory, release_staging, save_array, set_current, staging_dir, sweep_staging
 from artifacts.ranker import CompiledRanker
 from builder import gate
 from builder.config import BuildConfig
@@ -242,6 +242,8 @@ def build_store(
     out_root.mkdir(parents=True, exist_ok=True)
     if (out_root / build_id).exists():
         raise BuildError(f"{out_root / build_id} already exists (same inputs and config built this second)")
+    for stale in sweep_staging(out_root):
+        note(f"removed {stale.name}: the staging directory of a build that died before cleaning up")
     staging = staging_dir(out_root, build_id)
     train_dir = staging_dir(out_root, f"train-{build_id}")
     try:
@@ -414,6 +416,8 @@ def build_store(
         raise
     finally:
         shutil.rmtree(train_dir, ignore_errors=True)
+        release_staging(train_dir)
+        release_staging(staging)
     seconds = time.monotonic() - t_start
     note(f"built {build_id} in {seconds:.1f}s" + (f"; {out_root / 'current'} → {build_id}" if publish else " (not published)"))
     return BuildResult(build_id, final, manifest, seconds)

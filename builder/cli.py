@@ -117,6 +117,45 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundles(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from builder import bundles as b
+
+    protect = frozenset(getattr(args, "protect", None) or [])
+    if getattr(args, "settings", None):
+        protect |= b.pinned_by_settings(Path(args.settings))
+    root = Path(args.root)
+    if args.action == "list":
+        listing = b.list_bundles(root, protect)
+        if args.json:
+            print(msgspec.json.format(msgspec.json.encode(listing), indent=2).decode())
+            return 0
+        print(f"{'':2}{'build id':<36} {'created (UTC)':<20} {'items':>10} {'shoppers':>10} {'size MiB':>9}")
+        for x in listing.bundles:
+            mark = "*" if x.current else ("p" if x.pinned else "")
+            print(f"{mark:<2}{x.build_id:<36} {x.created_at[:19]:<20} {x.items:>10,} {x.users:>10,} {x.size_bytes / 2**20:>9.1f}")
+        print(f"{len(listing.bundles)} bundle(s) in {listing.root}; * current, p pinned")
+        for u in listing.unreadable:
+            print(f"not a bundle (left alone): {u.name}: {u.why}")
+        for name in listing.staging:
+            print(f"staging: {name} (a build running, or one that died: `aisle bundles prune` removes it once no build holds it)")
+        return 0
+    if args.action == "use":
+        before = b.use_bundle(root, args.build_id)
+        print(f"{root / 'current'} → {args.build_id} (was {before or 'nothing'}); serving workers swap to it within `swap_check_seconds` (after verifying it per `verify_on_swap`)")
+        return 0
+    report = b.prune_bundles(root, args.keep, protect, dry_run=args.dry_run)
+    verb = "would remove" if report.dry_run else "removed"
+    for build_id in report.removed:
+        print(f"{verb} {build_id}")
+    for name in report.staging_removed:
+        print(f"removed {name} (a dead build's staging directory)")
+    print(f"{verb} {len(report.removed)} bundle(s), {report.freed_bytes / 2**20:.1f} MiB; kept {len(report.kept)}: "
+          + (", ".join(report.kept) or "none"))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from engine.server import serve
     from engine.settings import load, with_server
@@ -250,6 +289,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the manifest as JSON")
     s.set_defaults(func=_cmd_inspect)
 
+    s = sub.add_parser("bundles", help="list the bundles under a root, roll `current` back or forward, prune old ones")
+    bun = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("list", "every finished bundle, newest first, and what else the root holds"),
+                       ("use", "verify a bundle (every sha256) and point `current` at it: a rollback"),
+                       ("prune", "remove bundles beyond the newest --keep, never `current` or a pinned one; and dead builds' staging dirs")):
+        a = bun.add_parser(name, help=text)
+        a.add_argument("--root", default="bundles", help="the bundle root holding `current` (default: bundles)")
+        if name == "use":
+            a.add_argument("build_id", help="the bundle to serve (a directory name under the root)")
+            continue
+        a.add_argument("--settings", help="engine settings TOML: the bundles its experiment arms pin are protected")
+        a.add_argument("--protect", action="append", metavar="BUILD_ID", help="never prune this bundle (repeatable)")
+        if name == "list":
+            a.add_argument("--json", action="store_true", help="print the listing as JSON")
+        else:
+            a.add_argument("--keep", type=int, default=5, help="how many of the newest bundles to keep besides current and pinned (default 5)")
+            a.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    s.set_defaults(func=_cmd_bundles)
+
     s = sub.add_parser("serve", help="serve recommendations over HTTP (Granian, N worker processes)")
     s.add_argument("--bundles", help="bundle root holding `current` (default from settings: bundles)")
     s.add_argument("--workers", type=int, help="worker processes, one per core (default 2)")
@@ -311,6 +369,7 @@ KNOWN_ERRORS = (
     ("builder.build", "BuildError"),
     ("builder.evaluate.evaluate", "EvalError"),
     ("builder.gate", "GateRefused"),
+    ("builder.bundles", "BundlesError"),
     ("builder.index", "IndexBuildError"),
     ("builder.ranker", "RankerBuildError"),
     ("engine.eventlog", "EventLogError"),
