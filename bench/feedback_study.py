@@ -2,8 +2,9 @@
 
     aisle bench feedback-study --data STORE --rounds 5 --sessions 1500 --out bench/results/feedback-study
 
-Runs `builder.simulator.loop.feedback_loop` twice on the same store and seed: once with the
-served settings (exploration slots [4, 11]) and once with `explore_slots = []`. Each round
+Runs `builder.simulator.loop.feedback_loop` on the same store and seed once per arm: the served
+settings (exploration slots [4, 11], new items only), the same slots also open to rarely shown
+older candidates (`explore_underexposed = 20`), and no exploration (`explore_slots = []`). Each round
 serves the current bundle to simulated shoppers, merges their events into the store and rebuilds.
 Writes OUT/feedback.json (every round of both arms, machine and commit), OUT/report.md and two
 SVG line charts: impression Gini and catalog coverage by round.
@@ -22,7 +23,9 @@ import msgspec
 from bench.environment import environment
 
 ARMS: dict[str, str] = {
-    "exploration": "",  # the served defaults: explore_slots = [4, 11]
+    "exploration": "",  # the served defaults: explore_slots = [4, 11], new items only
+    # 20: about the synthetic store's median impressions per item over its 60-day log
+    "exploration + rarely shown": "[rerank]\nexplore_underexposed = 20\n",
     "no exploration": "[rerank]\nexplore_slots = []\n",
 }
 
@@ -117,6 +120,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--work", help="keep the work directories here (default: temporary)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--arm", action="append", choices=list(ARMS), help="run only this arm (repeatable; default: all)")
     a = p.parse_args(argv)
     from builder.config import load_build_config
     from builder.simulator.loop import feedback_loop
@@ -126,12 +130,13 @@ def main(argv: list[str]) -> int:
     config = load_build_config(Path(a.build_config) if a.build_config else None)
     work_root = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="aisle-feedback-"))
     rounds: dict[str, list[dict]] = {}
-    for arm, toml in ARMS.items():
+    arms = {name: ARMS[name] for name in (a.arm or ARMS)}
+    for arm, toml in arms.items():
         results = feedback_loop(Path(a.data), work_root / arm.replace(" ", "-"), a.rounds, a.sessions, toml, a.seed,
                                 build_config=config, workers=a.workers, concurrency=a.concurrency)  # fmt: skip
         rounds[arm] = [msgspec.to_builtins(r) for r in results]
     meta = {"environment": environment(), "data": a.data, "rounds": a.rounds, "sessions": a.sessions, "seed": a.seed,
-            "arms": ARMS}  # fmt: skip
+            "arms": arms}  # fmt: skip
     (out / "feedback.json").write_text(json.dumps({**meta, "results": rounds}, indent=2) + "\n")
     write_outputs(out, rounds, meta)
     print((out / "report.md").read_text())

@@ -44,7 +44,7 @@ class RequestContext:
     features: np.ndarray | None = None  # float32 [n, n_features]
     scores: np.ndarray | None = None  # float32 [n] final blended scores
     selected: np.ndarray | None = None  # int32 positions into candidates, final order
-    explored: np.ndarray | None = None  # uint8 [len(selected)] 1 = exploration slot
+    explored: np.ndarray | None = None  # uint8 [len(selected)] 0 exploit, 1 new-item exploration, 2 under-exposed (engine.stages)
     fallback: str | None = None  # the first degradation step taken, if any
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     filtered: int = 0  # candidates removed by filters

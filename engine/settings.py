@@ -104,7 +104,12 @@ class RerankSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_per_seller: int = 6
     max_per_category: int = 8
     explore_slots: list[int] = msgspec.field(default_factory=lambda: [4, 11])  # 0-based positions for exploration
-    explore_prior: tuple[float, float] = (1.0, 20.0)  # Beta prior (clicks, non-clicks) for new items' CTR
+    explore_prior: tuple[float, float] = (1.0, 20.0)  # Beta prior (clicks, non-clicks) for an explored item's CTR
+    # Exploration slots go to new items, and with N > 0 also to well-scored older candidates (the
+    # best max(mmr_pool, count) by score) shown fewer than N times (the bundle's impressions plus
+    # today's), so items the last bundle's slates never showed get seen again and the next build
+    # can learn about them: without it the feedback loop narrows the catalog (bench/README.md).
+    explore_underexposed: int = 0
     new_item_days: float = 14.0  # an item younger than this is "new" (boost, exploration)
     new_item_boost: float = 0.3  # added to the standardised score of a brand-new item, decaying with age
     fresh_slots: int = 1  # exploration slots that SKUs arrived since the build (inventory feed) may take
@@ -211,6 +216,7 @@ class VariantSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight: float = 1.0  # relative share of the experiment's shoppers
     mmr_lambda: float | None = None
     explore_slots: list[int] | None = None  # [] = no exploration
+    explore_underexposed: int | None = None
     max_per_brand: int | None = None
     max_per_category: int | None = None
     ranking_enabled: bool | None = None
@@ -318,6 +324,8 @@ def validate(settings: Settings) -> Settings:
         problems.append(f"rerank.mmr_lambda must be in [0, 1], got {settings.rerank.mmr_lambda}")
     if any(s < 0 for s in settings.rerank.explore_slots):
         problems.append("rerank.explore_slots must be ≥ 0")
+    if settings.rerank.explore_underexposed < 0:
+        problems.append(f"rerank.explore_underexposed must be ≥ 0, got {settings.rerank.explore_underexposed}")
     lim = settings.limits
     if not 1 <= lim.default_count <= lim.max_count:
         problems.append("limits.default_count must be in [1, limits.max_count]")
@@ -406,7 +414,7 @@ def uses_heads(settings: Settings) -> bool:
 def with_variant(settings: Settings, v: VariantSettings) -> Settings:
     """The served settings with one experiment variant's knobs applied."""
     rr, rk, rt = settings.rerank, settings.ranking, settings.retrieval
-    rerank = {k: getattr(v, k) for k in ("mmr_lambda", "explore_slots", "max_per_brand", "max_per_category") if getattr(v, k) is not None}
+    rerank = {k: getattr(v, k) for k in ("mmr_lambda", "explore_slots", "explore_underexposed", "max_per_brand", "max_per_category") if getattr(v, k) is not None}
     ranking = {k: getattr(v, k) for k in ("weight_relevance", "weight_conversion", "weight_price", "objective") if getattr(v, k) is not None}
     if v.blend is not None:
         ranking |= {"blend": v.blend, "blend_by_surface": {}}

@@ -250,6 +250,9 @@ def expected_value(heads: HeadScores, X: np.ndarray, w: BlendWeights) -> np.ndar
     return value * heads.click
 
 
+EXPLORED_NEW, EXPLORED_UNDEREXPOSED = 1, 2  # RequestContext.explored: which kind of exploration pick
+
+
 class PredictRanker:
     """Score the candidates by the settings' objective. `legacy`: compiled GBDT relevance, blended
     with conversion and price. `heads`: the calibrated heads' expected value (expected_value), or
@@ -359,15 +362,26 @@ class Rerank:
         )
         explored = np.zeros(len(picked), np.uint8)
         slots = np.asarray([s for s in rr.explore_slots if s < k], np.int32)
-        new_pos = np.flatnonzero(is_new)
-        if len(slots) and len(new_pos):
-            a, b = rr.explore_prior
-            clicks, shown = self._posteriors(rows[new_pos], ctx.now)
-            draw = thompson_scores(clicks, shown, float(a), float(b), int(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF))
-            ranked_new = new_pos[np.argsort(-draw, kind="stable")].astype(np.int32)
-            final = place_exploration(picked.astype(np.int32), ranked_new, slots, k)
-            explored = ~np.isin(final, picked)  # everything not in the base list is an exploration pick
-            picked = final
+        if len(slots):
+            arms = np.flatnonzero(is_new)
+            clicks, shown = self._posteriors(rows[arms], ctx.now)
+            if rr.explore_underexposed > 0:
+                # Older candidates among the best-scored, shown too rarely to be judged. Only the pool:
+                # an exploration slot is a bet on an item the shopper may want, not a random one.
+                old = pool[~is_new[pool]]
+                old_clicks, old_shown = self._posteriors(rows[old], ctx.now)
+                rare = old_shown < rr.explore_underexposed
+                arms = np.concatenate([arms, old[rare]])
+                clicks, shown = np.concatenate([clicks, old_clicks[rare]]), np.concatenate([shown, old_shown[rare]])
+            if len(arms):
+                a, b = rr.explore_prior
+                draw = thompson_scores(clicks, shown, float(a), float(b), int(hash((ctx.now, int(rows[0]))) & 0x7FFFFFFF))
+                ranked = arms[np.argsort(-draw, kind="stable")].astype(np.int32)
+                final = place_exploration(picked.astype(np.int32), ranked, slots, k)
+                # Everything not in the base list is an exploration pick: EXPLORED_NEW for a new
+                # item (explained as a new arrival), EXPLORED_UNDEREXPOSED for an older one.
+                explored = np.where(np.isin(final, picked), 0, np.where(is_new[final], EXPLORED_NEW, EXPLORED_UNDEREXPOSED)).astype(np.uint8)
+                picked = final
         ctx.selected = picked[ctx.offset : k].astype(np.int32)
         ctx.explored = np.asarray(explored, np.uint8)[ctx.offset : k]
 
@@ -406,7 +420,7 @@ class Explain:
         titles: dict[int, str] = {}
         out = []
         for i, (sid, anchor, category) in enumerate(zip(chosen.tolist(), anchors, categories)):
-            if i < len(flags) and flags[i]:
+            if i < len(flags) and flags[i] == EXPLORED_NEW:
                 out.append(("new", "New arrival"))
                 continue
             source = SOURCE_NAMES[sid]

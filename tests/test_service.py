@@ -173,3 +173,40 @@ def test_models_of_another_feature_spec_are_not_loaded(tiny_bundle: Path) -> Non
         assert response.fallback == "ranker_unavailable" and len(response.items) == 10
     finally:
         rec.close()
+
+
+def test_exploration_slots_go_to_rarely_shown_older_candidates_when_asked(tiny_bundle: Path) -> None:
+    from engine.stages import EXPLORED_NEW, EXPLORED_UNDEREXPOSED
+
+    bundle = open_bundle(tiny_bundle / "current")
+    now = bundle.manifest.dims["end_ts"] + 400 * 86_400  # nothing is new any more: only the older tail can be explored
+    base = unhurried()
+    shown_counts = None
+    for threshold in (0, 10**9, 3):
+        s = msgspec.structs.replace(base, rerank=msgspec.structs.replace(base.rerank, explore_slots=[4], explore_underexposed=threshold))
+        rec = Recommender(bundle, s, live=None)
+        view = rec.view
+        shown_counts = view.impressions
+        explored_rows = []
+        for u in range(30):
+            response, ctx = rec.run(RecommendQuery("home", user_id=bundle.users.id_of(u), count=10), now=now)
+            rows = bundle.items.rows_of([i.sku for i in response.items])
+            assert len(rows) == 10 and view.in_stock[rows].all()
+            assert not np.isin(view.brand[rows], ctx.shopper.blocked_brands).any()
+            flags = np.asarray(ctx.explored)
+            assert set(np.flatnonzero(flags).tolist()) <= {4}  # only the reserved slot
+            if flags[4]:
+                assert flags[4] == EXPLORED_UNDEREXPOSED
+                explored_rows.append(int(rows[4]))
+                # explained by the source that proposed it, not as a new arrival (which is flag 1)
+                at = ctx.selected[4:5]
+                plain = rec.explain(ctx, at, np.zeros(1, np.uint8))
+                assert rec.explain(ctx, at, np.asarray([EXPLORED_UNDEREXPOSED], np.uint8)) == plain
+                assert rec.explain(ctx, at, np.asarray([EXPLORED_NEW], np.uint8)) == [("new", "New arrival")]
+        if threshold == 0:
+            assert explored_rows == []  # the default: new items only, and there are none
+        elif threshold == 10**9:
+            assert len(explored_rows) == 30  # every slate has rarely shown candidates in its pool
+            assert len(set(explored_rows)) > 10  # sampled per request, not one favourite
+        else:
+            assert explored_rows and (shown_counts[explored_rows] < 3).all()  # only the rarely shown qualify
