@@ -8,12 +8,14 @@ stage's wall time and the total. Percentiles are over all requests of a surface.
 
     python -m bench.pipeline --bundle ROOT [--requests 2000] [--json bench/results/x.json]
     python -m bench.pipeline --bundle ROOT --objectives [--requests 3000] [--json ...]
+    python -m bench.pipeline --bundle ROOT --underexposed 20 [--requests 3000] [--json ...]
 
 `--objectives` measures what the ranking heads cost (issue 9): the same home requests through two
 Recommenders on one bundle, the `legacy` objective (the lambdarank ranker) and `heads` (three
 compiled heads, calibration, the revenue blend), alternating which goes first, so both see the same
 machine at the same moments; the report gives each one's rank-stage and total percentiles and the
-per-request difference.
+per-request difference. `--underexposed N` does the same for the exploration slots' reach
+(new items only, against also candidates shown fewer than N times), timing the rerank stage.
 """
 
 from __future__ import annotations
@@ -79,17 +81,12 @@ def run(bundle_path: Path, requests: int, seed: int = 1, pace_ms: float = 0.0) -
     return result
 
 
-def compare_objectives(bundle_path: Path, requests: int, seed: int = 1) -> dict:
-    """legacy vs heads on the same home requests, interleaved (module docstring)."""
+def paired(bundle_path: Path, arms: dict[str, Settings], stage: str, requests: int, seed: int = 1) -> dict:
+    """Two settings on one bundle, the same home requests through both, alternating which goes
+    first so both see the same machine at the same moments: each one's `stage` and total
+    percentiles, and the per-request difference (second minus first)."""
     bundle = open_bundle(bundle_path, verify="sizes")
-    if not bundle.has(layout.HEADS_SPEC):
-        raise SystemExit(f"{bundle.root}: the bundle has no ranking heads (built before them, or `[heads] enabled = false`)")
-    base = Settings()
-    blend = BlendWeights(click=1.0, revenue=1.0)
-    recs = {
-        name: Recommender(bundle, msgspec.structs.replace(base, ranking=msgspec.structs.replace(base.ranking, objective=name, blend=blend)), live=None)
-        for name in ("legacy", "heads")
-    }
+    recs = {name: Recommender(bundle, settings, live=None) for name, settings in arms.items()}
     for rec in recs.values():
         rec.warm()
     now = int(bundle.manifest.dims["end_ts"])
@@ -97,7 +94,7 @@ def compare_objectives(bundle_path: Path, requests: int, seed: int = 1) -> dict:
     for q in queries[:50]:
         for rec in recs.values():
             rec.run(q, now=now)
-    rank = {name: np.zeros(len(queries)) for name in recs}
+    part = {name: np.zeros(len(queries)) for name in recs}
     total = {name: np.zeros(len(queries)) for name in recs}
     fallbacks: dict[str, dict[str, int]] = {name: {} for name in recs}
     order = list(recs)
@@ -106,32 +103,50 @@ def compare_objectives(bundle_path: Path, requests: int, seed: int = 1) -> dict:
             started = time.perf_counter()
             response, ctx = recs[name].run(q, now=now)
             total[name][j] = (time.perf_counter() - started) * 1e3
-            rank[name][j] = ctx.timings.get("rank", 0.0) * 1e3
+            part[name][j] = ctx.timings.get(stage, 0.0) * 1e3
             key = response.fallback or "none"
             fallbacks[name][key] = fallbacks[name].get(key, 0) + 1
     for rec in recs.values():
         rec.close()
+    first, second = order
     return {
-        "benchmark": "pipeline-objectives",
         "environment": environment(),
         "bundle": {"id": bundle.build_id, "items": bundle.n_items, "users": len(bundle.users), "path": str(bundle.root)},
         "surface": "home",
         "requests": len(queries),
-        "blend": msgspec.to_builtins(blend),
         "ms": {
-            **{f"{name} {what}": percentiles(values[name]) for what, values in (("rank", rank), ("total", total)) for name in recs},
-            "heads − legacy rank (per request)": percentiles(rank["heads"] - rank["legacy"]),
-            "heads − legacy total (per request)": percentiles(total["heads"] - total["legacy"]),
+            **{f"{name} {what}": percentiles(values[name]) for what, values in ((stage, part), ("total", total)) for name in recs},
+            f"{second} − {first} {stage} (per request)": percentiles(part[second] - part[first]),
+            f"{second} − {first} total (per request)": percentiles(total[second] - total[first]),
         },
         "fallbacks": fallbacks,
     }
 
 
-def objectives_table(result: dict) -> str:
+def compare_objectives(bundle_path: Path, requests: int, seed: int = 1) -> dict:
+    """legacy vs heads on the same home requests, interleaved (module docstring)."""
+    if not open_bundle(bundle_path, verify="sizes").has(layout.HEADS_SPEC):
+        raise SystemExit(f"{bundle_path}: the bundle has no ranking heads (built before them, or `[heads] enabled = false`)")
+    base = Settings()
+    blend = BlendWeights(click=1.0, revenue=1.0)
+    arms = {name: msgspec.structs.replace(base, ranking=msgspec.structs.replace(base.ranking, objective=name, blend=blend)) for name in ("legacy", "heads")}
+    return {"benchmark": "pipeline-objectives", **paired(bundle_path, arms, "rank", requests, seed), "blend": msgspec.to_builtins(blend)}
+
+
+def compare_underexposed(bundle_path: Path, requests: int, threshold: int, seed: int = 1) -> dict:
+    """Exploration slots for new items only vs also for candidates shown fewer than `threshold`
+    times (rerank.explore_underexposed): what the wider exploration costs the rerank stage."""
+    base = Settings()
+    arms = {name: msgspec.structs.replace(base, rerank=msgspec.structs.replace(base.rerank, explore_underexposed=n))
+            for name, n in (("new only", 0), (f"rarely shown < {threshold}", threshold))}  # fmt: skip
+    return {"benchmark": "pipeline-explore-underexposed", **paired(bundle_path, arms, "rerank", requests, seed), "threshold": threshold}
+
+
+def paired_table(result: dict) -> str:
     env = result["environment"]
     lines = [
         f"bundle {result['bundle']['id']} ({result['bundle']['items']:,} items), {result['requests']} home requests, each through "
-        f"both objectives (alternating first), commit {env['commit']}, {env['cpu']} × {env['cores']}",
+        f"both settings (alternating first), commit {env['commit']}, {env['cpu']} × {env['cores']}",
         "",
         "| measure | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
@@ -166,11 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                         "comes back with cold caches: a paced run shows what a lightly loaded server sees")
     p.add_argument("--objectives", action="store_true",
                    help="compare the legacy and heads objectives on the same home requests (the heads' cost)")
+    p.add_argument("--underexposed", type=int, metavar="N",
+                   help="compare exploration for new items only with exploration also for candidates shown fewer than N times")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     if args.objectives:
         result = compare_objectives(Path(args.bundle), args.requests)
-        return publish(result, args.json, objectives_table(result))
+        return publish(result, args.json, paired_table(result))
+    if args.underexposed is not None:
+        if args.underexposed < 1:
+            p.error("--underexposed must be at least 1")
+        result = compare_underexposed(Path(args.bundle), args.requests, args.underexposed)
+        return publish(result, args.json, paired_table(result))
     result = run(Path(args.bundle), args.requests, pace_ms=args.pace_ms)
     return publish(result, args.json, table(result))
 
