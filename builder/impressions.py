@@ -52,6 +52,8 @@ class Slates:
     position: np.ndarray  # int16 [n_impressions]
     clicked: np.ndarray  # bool [n_impressions]
     click_ts: np.ndarray  # int64 [n_impressions], -1 when not clicked
+    region: np.ndarray  # int16 [n_slates], the request's region code as logged (0 = unknown)
+    device: np.ndarray  # int8 [n_slates], the request's device code as logged (0 = unknown)
 
     @property
     def n_slates(self) -> int:
@@ -63,7 +65,8 @@ class Slates:
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(slates) else np.zeros(0, np.int64)
         start = np.r_[0, np.cumsum(hi - lo)].astype(np.int64)
         return Slates(start, self.user_row[slates], self.session_row[slates], self.ts[slates], self.surface[slates],
-                      self.item_row[rows], self.position[rows], self.clicked[rows], self.click_ts[rows])
+                      self.item_row[rows], self.position[rows], self.clicked[rows], self.click_ts[rows],
+                      self.region[slates], self.device[slates])  # fmt: skip
 
 
 def logged_slates(store: Store, since_ts: int | None = None, until_ts: int | None = None) -> Slates:
@@ -121,6 +124,8 @@ def logged_slates(store: Store, since_ts: int | None = None, until_ts: int | Non
         position=ev.position[imp].astype(np.int16),
         clicked=clicked,
         click_ts=click_ts,
+        region=ev.region[imp[first]].astype(np.int16),
+        device=ev.device[imp[first]].astype(np.int8),
     )
 
 
@@ -205,7 +210,7 @@ def slate_examples(
         user = int(slates.user_row[s])
         shopper = records.get(user) or Shopper.anonymous()
         surface = SURFACE_OF_CODE[int(slates.surface[s])]
-        ctx = RequestContext(surface, shopper, int(slates.ts[s]), anchors[s], shopper.region, shopper.device)
+        ctx = RequestContext(surface, shopper, int(slates.ts[s]), anchors[s], *shopper.context_codes(int(slates.region[s]), int(slates.device[s])))
         ctx.user_vector = shopper_vector(view, ctx)
         cands = score_given(view, ctx, retrieval.plan(surface), sources, items.astype(np.int32))
         side = "valid" if valid_side[user] else "train"

@@ -6,12 +6,17 @@ Its candidates come from `engine.retrieval.retrieve` over a leak-free view of th
 as of the cut-off), its features from `engine.features.assemble_features`, and its labels from
 behaviour after the moment: purchase 3 > add-to-cart 2 > click 1 > shown or not touched 0.
 
-- home: a shopper with interactions in the label window [cut-off, cut-off + window), state as of
-  the cut-off; labels = the window's interactions.
+- home: a shopper with interactions in the label window [cut-off, cut-off + window), asked at
+  their first one (its time, device and region), state as of the cut-off; labels = the window's
+  interactions.
 - pdp: a click in the label window; anchor = the clicked item; labels = later interactions in the
   same session.
 - cart: an add-to-cart in the label window; anchors = the session's cart so far; labels = later
   carts and purchases in the same session.
+
+A query's context (hour, day of week, device, region) is the logged event's, with the serving
+rule for what a request leaves out (`Shopper.context_codes`: the shopper's own), so the trees see
+the context a request carries rather than a constant.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class Query:
     anchors: np.ndarray  # int32
     label_rows: np.ndarray  # int32 items with a positive grade
     label_grades: np.ndarray  # int32 grades, aligned
+    region: int = 0  # the logged request's region code (0 = unknown: the shopper's is used)
+    device: int = 0  # likewise the device
 
 
 @dataclass
@@ -96,7 +103,9 @@ def sample_queries(store: Store, cutoff: int, window_end: int, max_queries: int,
         lo, hi = np.searchsorted(u_sorted, [user, user + 1])
         sel = by_user_order[lo:hi]
         rows, grades = _max_grade(ev.item_row[sel], GRADE[ev.type[sel]])
-        queries.append(Query("home", int(user), cutoff, np.zeros(0, np.int32), rows, grades))
+        first = sel[np.argmin(ev.ts[sel])]  # the shopper arrives: the moment the home page is asked for
+        queries.append(Query("home", int(user), int(ev.ts[first]), np.zeros(0, np.int32), rows, grades,
+                             int(ev.region[first]), int(ev.device[first])))
 
     # pdp and cart: moments inside sessions, labelled by the rest of the session
     order = idx[np.lexsort((ev.ts[idx], ev.session_row[idx]))]
@@ -130,7 +139,8 @@ def sample_queries(store: Store, cutoff: int, window_end: int, max_queries: int,
             if surface == "cart":
                 keep &= grades >= 2  # cross-sell is judged on carts and purchases
             if keep.any():
-                queries.append(Query(surface, int(ev.user_row[here]), int(ev.ts[here]), anchors, rows[keep], grades[keep]))
+                queries.append(Query(surface, int(ev.user_row[here]), int(ev.ts[here]), anchors, rows[keep], grades[keep],
+                                     int(ev.region[here]), int(ev.device[here])))
     return queries
 
 
@@ -157,7 +167,7 @@ def build_training_set(
     valid_side = validation_shoppers(len(store.users), valid_fraction)
     for i, q in enumerate(queries):
         shopper = records.get(q.user_row) or Shopper.anonymous()
-        ctx = RequestContext(q.surface, shopper, q.now, q.anchors, shopper.region, shopper.device)
+        ctx = RequestContext(q.surface, shopper, q.now, q.anchors, *shopper.context_codes(q.region, q.device))
         ctx.user_vector = shopper_vector(view, ctx)
         cands = retrieve(view, ctx, retrieval.plan(q.surface), sources)
         if len(q.anchors):

@@ -50,3 +50,9 @@ class Shopper:
     @classmethod
     def anonymous(cls, region: int = 0, device: int = 0) -> Shopper:
         return cls(known=False, region=region, device=device)
+
+    def context_codes(self, region: int, device: int) -> tuple[int, int]:
+        """The request's region and device codes where it has them (non-zero), else this
+        shopper's: the one rule for serving (engine.stages) and for the builder's training rows,
+        whose requests are logged events carrying the session's device and region."""
+        return (region or self.region, device or self.device)

@@ -94,10 +94,7 @@ class ResolveShopper:
             shopper.recent_items = merged[-self.history_limit :]
             merged_types = np.concatenate([shopper.recent_types, *types]).astype(np.int8)
             shopper.recent_types = merged_types[-self.history_limit :]
-        if ctx.region == 0:
-            ctx.region = shopper.region
-        if ctx.device == 0:
-            ctx.device = shopper.device
+        ctx.region, ctx.device = shopper.context_codes(ctx.region, ctx.device)
         ctx.shopper = shopper
         ctx.user_vector = shopper_vector(view, ctx)
 

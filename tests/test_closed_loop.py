@@ -112,8 +112,11 @@ def test_drift_psi_rises_when_shoppers_tastes_shift(tiny_store: Path, tiny_bundl
     level = sorted(f for f in set(before) - set(SHOPPER_LEVEL) if f != "ranker_score")
     assert len(level) >= 20 and set(level) <= set(after), psi
     table = "; ".join(f"{f} {before[f]:.3f}→{after[f]:.3f}" for f in sorted(before))
-    rose = sum(after[f] > before[f] + 0.001 for f in level)
-    fell = sum(after[f] < before[f] - 0.001 for f in level)
+    # A move counts when it is at least 0.01 of PSI: a tenth of the conventional "moderate shift"
+    # level, and above the wobble of a few hundred requests (counting 0.001 moves made the verdict
+    # turn on features whose PSI sits near zero either way).
+    rose = sum(after[f] > before[f] + 0.01 for f in level)
+    fell = sum(after[f] < before[f] - 0.01 for f in level)
     assert rose >= 2 * fell, f"{rose} rose, {fell} fell: {table}"
     assert sum(after[f] for f in level) > sum(before[f] for f in level), table
     assert after["ranker_score"] > before["ranker_score"], table

@@ -77,3 +77,45 @@ def test_examples_are_the_engines_features_for_each_impression(store, slates, ti
     assert 0 < clicked.sum() < len(clicked)
     # Shoppers are on one side only.
     assert not set(data.user_row["train"]) & set(data.user_row["valid"])
+
+
+def test_training_rows_carry_the_logged_requests_context_not_the_shoppers_usual_one(store, slates, tiny_bundle: Path) -> None:
+    from builder.ranker_data import sample_queries
+
+    ev = store.events
+    imp = np.flatnonzero((ev.type == EventType.IMPRESSION) & (ev.position == 0) & np.isin(ev.surface, list(SURFACE_BY_NAME.values())))
+    # Each slate's device and region are those its impressions were logged with.
+    logged = {(int(ev.session_row[i]), int(ev.ts[i]), int(ev.surface[i])): (int(ev.device[i]), int(ev.region[i])) for i in imp}
+    for s in range(0, slates.n_slates, max(1, slates.n_slates // 200)):
+        key = (int(slates.session_row[s]), int(slates.ts[s]), int(slates.surface[s]))
+        assert (int(slates.device[s]), int(slates.region[s])) == logged[key]
+    # The synthetic shoppers use another device in about 15% of sessions: the rows must see that.
+    usual = np.zeros(len(store.users), np.int64)
+    for u in np.unique(slates.user_row):
+        usual[u] = np.bincount(ev.device[ev.user_row == u]).argmax()
+    assert 0.05 < float((slates.device != usual[slates.user_row]).mean()) < 0.4
+    # ... and the features of every impression carry its slate's device.
+    bundle = open_bundle(tiny_bundle / "current")
+    view = CatalogView(bundle, load_snapshot=False)
+    some = slates.take(np.arange(0, slates.n_slates, max(1, slates.n_slates // 300)))
+    assert (some.device > 0).all()
+    data = slate_examples(store, view, some, int(bundle.manifest.dims["end_ts"]), 50, 0.5, RetrievalSettings())
+    served = np.concatenate([data.X["train"], data.X["valid"]])[:, FEATURE_INDEX["ctx_device"]].astype(np.int64)
+    per_impression = np.repeat(some.device, np.diff(some.start)).astype(np.int64)
+    assert np.array_equal(np.bincount(served, minlength=8), np.bincount(per_impression, minlength=8))
+    # The ranker's queries: asked at a logged event, with that event's time, device and region.
+    cutoff = int(np.quantile(ev.ts, 0.8))
+    queries = sample_queries(store, cutoff, int(ev.ts.max()) + 1, 400, seed=3)
+    at = {(int(ev.user_row[i]), int(ev.ts[i])): (int(ev.device[i]), int(ev.region[i])) for i in np.flatnonzero(ev.ts >= cutoff)}
+    assert {q.surface for q in queries} == {"home", "pdp", "cart"}
+    assert all((q.device, q.region) == at[(q.user_row, q.now)] for q in queries)
+    assert len({q.now for q in queries if q.surface == "home"}) > 10  # not all asked at the cut-off
+
+
+def test_the_request_context_wins_and_the_shopper_fills_what_it_leaves_out() -> None:
+    from engine.shopper import Shopper
+
+    shopper = Shopper(known=True, region=3, device=2)
+    assert shopper.context_codes(5, 1) == (5, 1)
+    assert shopper.context_codes(0, 1) == (3, 1) and shopper.context_codes(5, 0) == (5, 2)
+    assert Shopper.anonymous().context_codes(0, 0) == (0, 0)
