@@ -200,6 +200,12 @@ def set_current(root: Path, build_id: str) -> Path:
     return root / CURRENT
 
 
+def is_build_id(name: str) -> bool:
+    """A plain directory name under the bundle root: no path (so no escape from the root), not
+    '.', '..' or a hidden staging directory, not the `current` pointer."""
+    return bool(name) and "/" not in name and "\x00" not in name and not name.startswith(".") and name != CURRENT
+
+
 def current_build_id(root: Path) -> str | None:
     link = Path(root) / CURRENT
     if not link.is_symlink():

@@ -22,7 +22,7 @@ from artifacts import layout
 from artifacts.bundle import open_bundle
 from artifacts.errors import BundleCorruptError, BundleFormatError, PublishError
 from artifacts.manifest import parse
-from artifacts.publish import CURRENT, STAGING_PREFIX, current_build_id, fsync_path, set_current, sweep_staging
+from artifacts.publish import STAGING_PREFIX, current_build_id, fsync_path, is_build_id, set_current, sweep_staging
 
 
 class BundlesError(ValueError):
@@ -78,7 +78,7 @@ def list_bundles(root: Path, protect: frozenset[str] = frozenset()) -> Listing:
         if path.name.startswith(STAGING_PREFIX):
             staging.append(path.name)
             continue
-        if path.name.startswith(".") or path.name == CURRENT or path.is_symlink() or not path.is_dir():
+        if not is_build_id(path.name) or path.is_symlink() or not path.is_dir():
             continue
         manifest_path = path / layout.MANIFEST
         try:
@@ -106,7 +106,7 @@ def use_bundle(root: Path, build_id: str) -> str:
     `current` named before. The evaluation gate is not consulted: choosing an older bundle on
     purpose is what a rollback is."""
     root = _root(root)
-    if not build_id or "/" in build_id or build_id.startswith(".") or build_id == CURRENT:
+    if not is_build_id(build_id):
         raise BundlesError(f"{build_id!r} is not a build id (a directory name under {root})")
     if not (root / build_id).is_dir():
         known = ", ".join(b.build_id for b in list_bundles(root).bundles[:5]) or "none"

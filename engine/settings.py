@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from artifacts.featurespec import SOURCE_ID
+from artifacts.publish import is_build_id
 
 SETTINGS_ENV = "AISLE_SETTINGS_FILE"
 
@@ -458,7 +459,7 @@ def _experiment_problems(settings: Settings) -> list[str]:
                 problems += _blend_problems(v.blend, f"{where}.{v.name}.blend")
             if not v.weight > 0:
                 problems.append(f"{where}.{v.name}.weight must be > 0, got {v.weight}")
-            if v.bundle is not None and not _is_build_id(v.bundle):
+            if v.bundle is not None and not is_build_id(v.bundle):
                 problems.append(
                     f"{where}.{v.name}.bundle must be a build id (a directory name under `bundles`, "
                     f"without '/', not hidden, not 'current'), got {v.bundle!r}; leave it out to serve `current`"
@@ -502,8 +503,3 @@ def _security_problems(sec: SecuritySettings) -> list[str]:
             problems.append(f"security.rate_limits entry {i + 1} must be ≥ 0 requests per second (0: no limit)")
     return problems
 
-
-def _is_build_id(name: str) -> bool:
-    """A plain directory name under the bundle root: no path (so no escape from the root), not
-    '.', '..' or a hidden staging directory, not the `current` pointer (a variant pins a build)."""
-    return bool(name) and "/" not in name and "\x00" not in name and not name.startswith(".") and name != "current"
